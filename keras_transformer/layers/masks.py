@@ -1,0 +1,113 @@
+"""Attention masks: one contract for every layer in keras_transformer.
+
+The contract
+------------
+* A mask is **boolean** and ``True`` means *may attend* (or *is a real token*).
+* A **padding mask** has shape ``[B, L]``: ``True`` for real tokens. It comes from token
+  ids (:func:`padding_mask`) or from a Keras mask (``Embedding(mask_zero=True)`` sets one,
+  and every layer here picks it up).
+* An **attention mask** is broadcastable to ``[B, T, S]`` at layer level (T queries, S keys)
+  and to ``[B, H, T, S]`` inside :func:`scaled_dot_product_attention`. Layers expand a
+  ``[B, T, S]`` mask to ``[B, 1, T, S]`` before the heads.
+* Masks combine by logical AND (:func:`merge_masks`): a key padding mask becomes
+  ``[B, 1, S]``, a query padding mask ``[B, T, 1]``, a causal or sliding-window mask
+  ``[T, S]``.
+* With a KV cache the queries sit at absolute positions ``offset .. offset + T - 1`` and the
+  keys at ``0 .. S_max - 1``; causal and sliding-window masks take that ``offset``, so cache
+  slots not yet written are masked by causality alone.
+* A query row with no key left to attend to yields zeros, never NaN.
+"""
+
+from __future__ import annotations
+
+from keras import ops
+
+
+def padding_mask(token_ids, padding_id: int = 0):
+    """``[B, L]`` boolean mask, ``True`` where ``token_ids != padding_id``."""
+    return ops.not_equal(token_ids, padding_id)
+
+
+def _positions(query_length: int, key_length: int, offset=0):
+    """Absolute query positions ``[T, 1]`` and key positions ``[1, S]`` (int32)."""
+    query_positions = ops.arange(query_length, dtype="int32") + ops.cast(offset, "int32")
+    key_positions = ops.arange(key_length, dtype="int32")
+    return ops.expand_dims(query_positions, 1), ops.expand_dims(key_positions, 0)
+
+
+def causal_mask(query_length: int, key_length: int | None = None, offset=0):
+    """``[T, S]`` mask: query ``i`` (at absolute position ``offset + i``) sees keys ``<= offset + i``.
+
+    ``offset`` may be a Python int or a scalar tensor (the KV-cache write index).
+    """
+    key_length = query_length if key_length is None else key_length
+    query_positions, key_positions = _positions(query_length, key_length, offset)
+    return ops.less_equal(key_positions, query_positions)
+
+
+def sliding_window_mask(
+    query_length: int,
+    key_length: int | None = None,
+    window: int = 1,
+    offset=0,
+    causal: bool = True,
+):
+    """``[T, S]`` local-attention mask.
+
+    With ``causal=True`` query position ``p`` sees keys in ``(p - window, p]`` (the Mistral
+    convention: ``window`` keys including itself). With ``causal=False`` it sees keys with
+    ``|p - k| < window``.
+    """
+    if window < 1:
+        raise ValueError(f"sliding window must be >= 1, got window={window}")
+    key_length = query_length if key_length is None else key_length
+    query_positions, key_positions = _positions(query_length, key_length, offset)
+    distance = query_positions - key_positions
+    if causal:
+        return ops.logical_and(distance >= 0, distance < window)
+    return ops.abs(distance) < window
+
+
+def merge_masks(*masks):
+    """Logical AND of broadcastable boolean masks; ``None`` entries are skipped.
+
+    Returns ``None`` when every entry is ``None``.
+    """
+    merged = None
+    for mask in masks:
+        if mask is None:
+            continue
+        mask = ops.cast(mask, "bool")
+        merged = mask if merged is None else ops.logical_and(merged, mask)
+    return merged
+
+
+def attention_mask_for(
+    query_length: int,
+    key_length: int,
+    *,
+    query_padding_mask=None,
+    key_padding_mask=None,
+    attention_mask=None,
+    use_causal_mask: bool = False,
+    sliding_window: int | None = None,
+    offset=0,
+):
+    """Combine every mask source into one mask broadcastable to ``[B, T, S]`` (or ``None``).
+
+    ``query_padding_mask`` ``[B, T]`` and ``key_padding_mask`` ``[B, S]`` are padding masks;
+    ``attention_mask`` is any mask broadcastable to ``[B, T, S]``; ``use_causal_mask`` and
+    ``sliding_window`` add position masks for queries starting at ``offset``.
+    """
+    position_mask = None
+    if sliding_window is not None:
+        position_mask = sliding_window_mask(
+            query_length, key_length, sliding_window, offset, causal=use_causal_mask
+        )
+    elif use_causal_mask:
+        position_mask = causal_mask(query_length, key_length, offset)
+    if query_padding_mask is not None:
+        query_padding_mask = ops.expand_dims(ops.cast(query_padding_mask, "bool"), -1)
+    if key_padding_mask is not None:
+        key_padding_mask = ops.expand_dims(ops.cast(key_padding_mask, "bool"), -2)
+    return merge_masks(attention_mask, key_padding_mask, query_padding_mask, position_mask)

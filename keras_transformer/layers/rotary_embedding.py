@@ -1,0 +1,66 @@
+"""Rotary position embedding (RoPE, Su et al. 2021)."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="keras_transformer")
+class RotaryEmbedding(keras.layers.Layer):
+    """Rotates query/key features by an angle proportional to their position.
+
+    Features are split into two halves ``(x1, x2)`` and rotated pairwise
+    (``x1 cos - x2 sin, x2 cos + x1 sin``), the GPT-NeoX / LLaMA layout. The dot product of
+    a rotated query and key then depends only on their relative position.
+
+    Args:
+        max_wavelength: base of the geometric frequency progression.
+        scaling_factor: positions are divided by this (linear position interpolation).
+
+    Call arguments:
+        inputs: ``[B, T, H, D]`` (``D`` even).
+        start_index: absolute position of the first of the ``T`` steps (int or scalar
+            tensor; the KV-cache write index during incremental decoding).
+
+    Example:
+    >>> x = keras.random.normal((2, 8, 4, 16))
+    >>> RotaryEmbedding()(x, start_index=3).shape
+    (2, 8, 4, 16)
+    """
+
+    def __init__(self, max_wavelength: int = 10000, scaling_factor: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.max_wavelength = max_wavelength
+        self.scaling_factor = scaling_factor
+        self.built = True
+
+    def call(self, inputs, start_index=0):
+        depth = inputs.shape[-1]
+        if depth is None or depth % 2:
+            raise ValueError(
+                f"RotaryEmbedding: the feature depth must be even, got inputs of shape "
+                f"{tuple(inputs.shape)}"
+            )
+        length = ops.shape(inputs)[1]
+        positions = ops.cast(ops.arange(length) + ops.cast(start_index, "int32"), "float32")
+        positions = positions / self.scaling_factor
+        exponents = ops.arange(0, depth // 2, dtype="float32") * (2.0 / depth)
+        inverse_frequencies = ops.power(float(self.max_wavelength), -exponents)
+        angles = ops.einsum("t,f->tf", positions, inverse_frequencies)
+        angles = ops.concatenate([angles, angles], axis=-1)[:, None, :]  # [T, 1, D]
+        cos = ops.cast(ops.cos(angles), inputs.dtype)
+        sin = ops.cast(ops.sin(angles), inputs.dtype)
+        first, second = ops.split(inputs, 2, axis=-1)
+        rotated_half = ops.concatenate([-second, first], axis=-1)
+        return inputs * cos + rotated_half * sin
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"max_wavelength": self.max_wavelength, "scaling_factor": self.scaling_factor}
+        )
+        return config

@@ -1,0 +1,172 @@
+"""softmax(Q K^T / sqrt(d_k)) V, written with ``keras.ops`` so it runs on every backend."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from keras_transformer.layers.masks import causal_mask
+
+# Added to masked scores before the softmax. Finite (not -inf) so a row with every key
+# masked stays NaN-free, and bounded so a quantized score tensor keeps a small range.
+MASK_VALUE = -1e9
+
+_HALF_DTYPES = ("float16", "bfloat16")
+
+
+def _shape_error(function: str, argument: str, expected: str, shape) -> ValueError:
+    return ValueError(f"{function}: `{argument}` must be {expected}, got shape {tuple(shape)}")
+
+
+def _check_inputs(query, key, value, mask) -> None:
+    name = "scaled_dot_product_attention"
+    for argument, tensor in (("query", query), ("key", key), ("value", value)):
+        if len(tensor.shape) != 4:
+            raise _shape_error(name, argument, "rank 4 [batch, heads, length, depth]", tensor.shape)
+    q_heads, q_depth = query.shape[1], query.shape[3]
+    k_heads, k_length, k_depth = key.shape[1], key.shape[2], key.shape[3]
+    v_heads, v_length = value.shape[1], value.shape[2]
+    if None not in (q_depth, k_depth) and q_depth != k_depth:
+        raise ValueError(
+            f"{name}: `query` and `key` depths differ: query {tuple(query.shape)}, "
+            f"key {tuple(key.shape)}"
+        )
+    if None not in (k_length, v_length) and k_length != v_length:
+        raise ValueError(
+            f"{name}: `key` and `value` lengths differ: key {tuple(key.shape)}, "
+            f"value {tuple(value.shape)}"
+        )
+    if None not in (k_heads, v_heads) and k_heads != v_heads:
+        raise ValueError(
+            f"{name}: `key` and `value` head counts differ: key {tuple(key.shape)}, "
+            f"value {tuple(value.shape)}"
+        )
+    if None not in (q_heads, k_heads) and q_heads % k_heads:
+        raise ValueError(
+            f"{name}: `query` heads must be a multiple of `key` heads (grouped-query "
+            f"attention): query {tuple(query.shape)}, key {tuple(key.shape)}"
+        )
+    if mask is not None:
+        if len(mask.shape) > 4:
+            raise _shape_error(name, "mask", "broadcastable to [batch, heads, T, S]", mask.shape)
+        target = (query.shape[0], q_heads, query.shape[2], k_length)
+        for got, want in zip(reversed(mask.shape), reversed(target)):
+            if got is not None and want is not None and got not in (1, want):
+                raise ValueError(
+                    f"{name}: `mask` of shape {tuple(mask.shape)} does not broadcast to "
+                    f"[batch, heads, T, S] = {target}"
+                )
+
+
+# einsum subscripts per layout: b batch, k key/value head, g query heads per kv head,
+# t query step, s key step, d depth.
+_LAYOUTS = {
+    "bhtd": ("bkgtd", "bksd", "bkgtd"),
+    "bthd": ("btkgd", "bskd", "btkgd"),
+}
+
+
+def scaled_dot_product_attention(
+    query,
+    key,
+    value,
+    mask=None,
+    is_causal: bool = False,
+    dropout_rate: float = 0.0,
+    scale: float | None = None,
+    training: bool = False,
+    seed=None,
+):
+    """Scaled dot-product attention with masking, grouped-query heads and dropout.
+
+    Args:
+        query: ``[B, H, T, D]``.
+        key: ``[B, H_kv, S, D]``; ``H_kv`` divides ``H`` (``H_kv < H`` is grouped-query
+            attention: each key/value head serves ``H / H_kv`` query heads).
+        value: ``[B, H_kv, S, D_v]``.
+        mask: optional boolean mask broadcastable to ``[B, H, T, S]``, ``True`` = attend.
+        is_causal: also apply a causal mask (query ``i`` sees keys ``<= i``).
+        dropout_rate: dropout on the attention weights, applied only when ``training``.
+        scale: multiplier of the scores; defaults to ``1 / sqrt(D)``.
+        training: whether dropout is active.
+        seed: a ``keras.random.SeedGenerator`` (or int) for dropout.
+
+    Returns:
+        ``(output, weights)``: output ``[B, H, T, D_v]`` and the attention weights
+        ``[B, H, T, S]`` before dropout. A query row whose keys are all masked gives zero
+        weights and a zero output, not NaN.
+
+    Example:
+    >>> q = keras.random.normal((2, 4, 5, 8))
+    >>> out, weights = scaled_dot_product_attention(q, q, q, is_causal=True)
+    >>> out.shape, weights.shape
+    ((2, 4, 5, 8), (2, 4, 5, 5))
+    """
+    _check_inputs(query, key, value, mask)
+    if is_causal:
+        causal = causal_mask(ops.shape(query)[2], ops.shape(key)[2])
+        mask = causal if mask is None else ops.logical_and(ops.cast(mask, "bool"), causal)
+    return _attend(query, key, value, mask, dropout_rate, scale, training, seed, "bhtd")
+
+
+def attend_bthd(query, key, value, mask=None, dropout_rate=0.0, scale=None, training=False, seed=None):
+    """The same attention in the ``[B, T, H, D]`` layout that projections produce.
+
+    Used by :class:`MultiHeadAttention` so that no transposes sit on its hot path. The
+    mask is broadcastable to ``[B, H, T, S]``; the weights come back as ``[B, H, T, S]``
+    and the output as ``[B, T, H, D_v]``.
+    """
+    return _attend(query, key, value, mask, dropout_rate, scale, training, seed, "bthd")
+
+
+def _attend(query, key, value, mask, dropout_rate, scale, training, seed, layout):
+    query_subscripts, key_subscripts, output_subscripts = _LAYOUTS[layout]
+    head_axis, step_axis = (1, 2) if layout == "bhtd" else (2, 1)
+    batch = ops.shape(query)[0]
+    query_length, key_length = ops.shape(query)[step_axis], ops.shape(key)[step_axis]
+    heads, kv_heads = query.shape[head_axis], key.shape[head_axis]
+    depth, value_depth = query.shape[-1], value.shape[-1]
+    groups = heads // kv_heads
+    if scale is None:
+        scale = 1.0 / float(depth) ** 0.5
+
+    # Grouped heads: each key/value head is read once for its G query heads, instead of
+    # repeating keys and values G times in memory. With G = 1 the reshapes are free.
+    query = query * ops.cast(scale, query.dtype)
+    if layout == "bhtd":
+        query = ops.reshape(query, (batch, kv_heads, groups, query_length, depth))
+    else:
+        query = ops.reshape(query, (batch, query_length, kv_heads, groups, depth))
+    scores = ops.einsum(f"{query_subscripts},{key_subscripts}->bkgts", query, key)
+    compute_dtype = scores.dtype
+    if compute_dtype in _HALF_DTYPES:
+        scores = ops.cast(scores, "float32")  # softmax in float32 under mixed precision
+    if mask is not None:
+        mask = _group_mask(ops.cast(mask, "bool"), kv_heads, groups)
+        scores = ops.where(mask, scores, MASK_VALUE)
+    weights = ops.softmax(scores, axis=-1)
+    if mask is not None:
+        # A fully masked row has a uniform softmax; multiplying by the mask zeroes it.
+        weights = weights * ops.cast(mask, weights.dtype)
+    weights = ops.cast(weights, compute_dtype)
+
+    attended = weights
+    if training and dropout_rate > 0.0:
+        attended = keras.random.dropout(weights, dropout_rate, seed=seed)
+    output = ops.einsum(f"bkgts,{key_subscripts}->{output_subscripts}", attended, value)
+    if layout == "bhtd":
+        output = ops.reshape(output, (batch, heads, query_length, value_depth))
+    else:
+        output = ops.reshape(output, (batch, query_length, heads, value_depth))
+    weights = ops.reshape(weights, (batch, heads, query_length, key_length))
+    return output, weights
+
+
+def _group_mask(mask, kv_heads: int, groups: int):
+    """Any mask of rank <= 4 broadcastable to ``[B, H, T, S]`` -> ``[B|1, H_kv|1, G|1, T|1, S]``."""
+    while len(mask.shape) < 4:
+        mask = ops.expand_dims(mask, 0)
+    if mask.shape[1] == 1:
+        return ops.expand_dims(mask, 2)
+    shape = ops.shape(mask)
+    return ops.reshape(mask, (shape[0], kv_heads, groups, shape[2], shape[3]))

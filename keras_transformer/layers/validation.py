@@ -1,0 +1,40 @@
+"""Argument checks with one-line errors, and small helpers shared by the layers."""
+
+from __future__ import annotations
+
+import keras
+
+
+def check_rank(owner: str, argument: str, shape, rank: int) -> None:
+    """Raise ``ValueError`` naming ``argument`` when ``shape`` is not of ``rank``."""
+    if shape is None or len(shape) != rank:
+        raise ValueError(
+            f"{owner}: `{argument}` must have rank {rank}, got shape "
+            f"{None if shape is None else tuple(shape)}"
+        )
+
+
+def check_divisible(owner: str, width: int, num_heads: int) -> int:
+    """Return ``width // num_heads``, or raise when the heads do not divide the width."""
+    if num_heads < 1 or width % num_heads:
+        raise ValueError(
+            f"{owner}: num_heads={num_heads} must divide the model width {width} "
+            f"(inputs of width {width})"
+        )
+    return width // num_heads
+
+
+def keras_mask_of(x):
+    """The Keras mask attached to ``x`` (e.g. by ``Embedding(mask_zero=True)``), or ``None``."""
+    if x is None:
+        return None
+    # Keras stores it with a private accessor that works for every backend's tensors.
+    from keras.src.backend.common.masking import get_keras_mask
+
+    return get_keras_mask(x)
+
+
+def clone_initializer(initializer):
+    """A fresh copy, so that seeded initializers do not give every weight the same values."""
+    initializer = keras.initializers.get(initializer)
+    return initializer.__class__.from_config(initializer.get_config())

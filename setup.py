@@ -1,0 +1,55 @@
+"""keras-transformer: Transformer layers in Keras 3, training pipelines, and edge deployment.
+
+One distribution, three import packages with names that cannot collide in site-packages:
+
+    repository folder     import name
+    keras_transformer/    keras_transformer            (layers and models; needs only keras)
+    pipelines/            keras_transformer_pipelines  (tf.data input, fit recipes)
+    edge/                 keras_transformer_edge       (conversion; its runtime needs only numpy
+                                                        and a TFLite runtime)
+"""
+
+from setuptools import find_packages, setup
+
+PACKAGE_DIRS = {"keras_transformer_pipelines": "pipelines", "keras_transformer_edge": "edge"}
+
+
+def _packages() -> list[str]:
+    packages = find_packages(include=["keras_transformer", "keras_transformer.*"])
+    for name, folder in PACKAGE_DIRS.items():
+        packages.append(name)
+        packages += [f"{name}.{sub}" for sub in find_packages(where=folder)]
+    return packages
+
+
+KERAS = ["keras>=3.15,<3.16"]
+TENSORFLOW = [
+    "tensorflow>=2.21,<2.22",
+    "keras-nlp>=0.32,<0.33",
+    "keras-hub>=0.32,<0.33",
+    "tensorflow-model-optimization>=0.8.1,<0.9",
+    "tf-keras>=2.21,<2.22",
+]
+RUNTIME = ["ai-edge-litert>=2.3,<3"]
+
+setup(
+    name="keras-transformer",
+    version="0.1.0",
+    description="Transformer layers in Keras 3, tf.data training recipes, and TFLite deployment",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=_packages(),
+    package_dir=PACKAGE_DIRS,
+    # numpy alone: `pip install keras-transformer[runtime]` gives a device install with
+    # no TensorFlow and no Keras.
+    install_requires=["numpy>=1.26"],
+    extras_require={
+        "keras": KERAS,
+        "runtime": RUNTIME,
+        "tensorflow": KERAS + TENSORFLOW,
+        "full": KERAS + TENSORFLOW + RUNTIME,
+        "dev": KERAS + TENSORFLOW + RUNTIME + ["jax>=0.4.30", "pytest>=8", "ruff>=0.6"],
+    },
+    license="Apache-2.0",
+)
