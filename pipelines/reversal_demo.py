@@ -1,6 +1,6 @@
 """Train a small encoder-decoder to reverse token sequences and report its token accuracy.
 
-    python -m keras_transformer_pipelines.reversal_demo [--epochs N] [--seed S]
+python -m keras_transformer_pipelines.reversal_demo [--epochs N] [--seed S]
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import json
 import time
 
 import keras
+from keras_transformer_pipelines.synthetic import masked_token_accuracy, reversal_data
 
 from keras_transformer.models import Seq2SeqTransformer
-from keras_transformer_pipelines.synthetic import masked_token_accuracy, reversal_data
 
 
 def train_reversal(epochs: int = 12, seed: int = 0, verbose: int = 2) -> dict:
@@ -21,9 +21,16 @@ def train_reversal(epochs: int = 12, seed: int = 0, verbose: int = 2) -> dict:
     train = reversal_data(8000, seed=seed)
     test = reversal_data(1000, seed=seed + 1)
     model = Seq2SeqTransformer(
-        20, 20, 12, 13,
-        num_encoder_layers=2, num_decoder_layers=2,
-        hidden_dim=64, num_heads=4, intermediate_dim=128, dropout=0.0,
+        20,
+        20,
+        12,
+        13,
+        num_encoder_layers=2,
+        num_decoder_layers=2,
+        hidden_dim=64,
+        num_heads=4,
+        intermediate_dim=128,
+        dropout=0.0,
         position_encoding="sinusoidal",
     )
     model.compile(
@@ -50,8 +57,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     result = train_reversal(args.epochs, args.seed)
-    print(f"reversal task: token accuracy {result['token_accuracy']:.4f} on 1,000 held-out "
-          f"sequences after {result['train_seconds']} s of training")
+    print(
+        f"reversal task: token accuracy {result['token_accuracy']:.4f} on 1,000 held-out "
+        f"sequences after {result['train_seconds']} s of training"
+    )
     print(json.dumps(result))
 
 

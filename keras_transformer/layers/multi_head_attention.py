@@ -221,7 +221,9 @@ class MultiHeadAttention(keras.layers.Layer):
         self._check_key(value, key)
         if query_padding_mask is None:
             query_padding_mask = keras_mask_of(query)
-        if key_padding_mask is None and not precomputed_memory:
+        if key_padding_mask is None and cache is None:
+            # With a cache the keys are the S_max cache slots, not the new tokens: their
+            # padding is whatever the caller passes in `key_padding_mask`.
             key_padding_mask = keras_mask_of(query if self_attention else value)
 
         batch, query_length = ops.shape(query)[0], ops.shape(query)[1]
