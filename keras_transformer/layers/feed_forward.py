@@ -29,8 +29,8 @@ class FeedForward(keras.layers.Layer):
         training: enables dropout.
 
     Example:
-    >>> FeedForward(intermediate_dim=64, activation="silu", gated=True)(
-    ...     keras.ops.ones((2, 3, 16))).shape
+    >>> ffn = FeedForward(intermediate_dim=64, activation="silu", gated=True)
+    >>> tuple(ffn(keras.ops.ones((2, 3, 16))).shape)
     (2, 3, 16)
     """
 

@@ -66,7 +66,7 @@ class MultiHeadAttention(keras.layers.Layer):
     Example:
     >>> x = keras.random.normal((2, 10, 64))
     >>> mha = MultiHeadAttention(num_heads=8, key_dim=8, num_key_value_heads=2)
-    >>> mha(x, use_causal_mask=True).shape
+    >>> tuple(mha(x, use_causal_mask=True).shape)
     (2, 10, 64)
     """
 

@@ -22,7 +22,7 @@ class PositionEmbedding(keras.layers.Layer):
 
     Example:
     >>> x = keras.ops.zeros((2, 5, 8))
-    >>> PositionEmbedding(sequence_length=16)(x).shape
+    >>> tuple(PositionEmbedding(sequence_length=16)(x).shape)
     (5, 8)
     """
 

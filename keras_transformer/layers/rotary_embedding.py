@@ -25,7 +25,7 @@ class RotaryEmbedding(keras.layers.Layer):
 
     Example:
     >>> x = keras.random.normal((2, 8, 4, 16))
-    >>> RotaryEmbedding()(x, start_index=3).shape
+    >>> tuple(RotaryEmbedding()(x, start_index=3).shape)
     (2, 8, 4, 16)
     """
 

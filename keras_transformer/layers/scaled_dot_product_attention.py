@@ -99,7 +99,7 @@ def scaled_dot_product_attention(
     Example:
     >>> q = keras.random.normal((2, 4, 5, 8))
     >>> out, weights = scaled_dot_product_attention(q, q, q, is_causal=True)
-    >>> out.shape, weights.shape
+    >>> tuple(out.shape), tuple(weights.shape)
     ((2, 4, 5, 8), (2, 4, 5, 5))
     """
     _check_inputs(query, key, value, mask)

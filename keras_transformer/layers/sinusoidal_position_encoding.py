@@ -31,7 +31,7 @@ class SinusoidalPositionEncoding(keras.layers.Layer):
 
     Example:
     >>> x = keras.ops.zeros((2, 5, 8))
-    >>> (x + SinusoidalPositionEncoding()(x)).shape
+    >>> tuple((x + SinusoidalPositionEncoding()(x)).shape)
     (2, 5, 8)
     """
 

@@ -34,7 +34,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
 
     Example:
     >>> embed = TokenAndPositionEmbedding(100, 16, 32, position_encoding="sinusoidal")
-    >>> embed(keras.ops.array([[5, 6, 0]])).shape
+    >>> tuple(embed(keras.ops.array([[5, 6, 0]])).shape)
     (1, 3, 32)
     """
 

@@ -45,7 +45,7 @@ class TransformerDecoderLayer(TransformerLayerBase):
 
     Example:
     >>> layer = TransformerDecoderLayer(num_heads=4, intermediate_dim=64)
-    >>> layer(keras.ops.ones((2, 7, 32)), keras.ops.ones((2, 9, 32))).shape
+    >>> tuple(layer(keras.ops.ones((2, 7, 32)), keras.ops.ones((2, 9, 32))).shape)
     (2, 7, 32)
     """
 

@@ -38,7 +38,7 @@ class TransformerEncoderLayer(TransformerLayerBase):
 
     Example:
     >>> layer = TransformerEncoderLayer(num_heads=4, intermediate_dim=64)
-    >>> layer(keras.ops.ones((2, 10, 32))).shape
+    >>> tuple(layer(keras.ops.ones((2, 10, 32))).shape)
     (2, 10, 32)
     """
 

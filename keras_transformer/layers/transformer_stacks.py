@@ -74,7 +74,7 @@ class TransformerEncoder(_Stack):
 
     Example:
     >>> encoder = TransformerEncoder(num_layers=2, num_heads=4, intermediate_dim=64)
-    >>> encoder(keras.ops.ones((2, 10, 32))).shape
+    >>> tuple(encoder(keras.ops.ones((2, 10, 32))).shape)
     (2, 10, 32)
     """
 
@@ -129,7 +129,7 @@ class TransformerDecoder(_Stack):
 
     Example:
     >>> decoder = TransformerDecoder(num_layers=2, num_heads=4, intermediate_dim=64)
-    >>> decoder(keras.ops.ones((2, 7, 32)), keras.ops.ones((2, 9, 32))).shape
+    >>> tuple(decoder(keras.ops.ones((2, 7, 32)), keras.ops.ones((2, 9, 32))).shape)
     (2, 7, 32)
     """
 

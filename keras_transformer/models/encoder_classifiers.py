@@ -63,7 +63,7 @@ class SequenceClassifier(_EncoderModel):
     Example:
     >>> model = SequenceClassifier(100, 16, num_classes=3, hidden_dim=32, num_heads=4,
     ...                            intermediate_dim=64)
-    >>> model(keras.ops.ones((2, 16), "int32")).shape
+    >>> tuple(model(keras.ops.ones((2, 16), "int32")).shape)
     (2, 3)
     """
 
@@ -113,7 +113,7 @@ class TokenClassifier(_EncoderModel):
     Example:
     >>> model = TokenClassifier(100, 16, num_tags=5, hidden_dim=32, num_heads=4,
     ...                         intermediate_dim=64)
-    >>> model(keras.ops.ones((2, 16), "int32")).shape
+    >>> tuple(model(keras.ops.ones((2, 16), "int32")).shape)
     (2, 16, 5)
     """
 

@@ -36,7 +36,7 @@ class TransformerLanguageModel(TransformerModelBase):
     Example:
     >>> lm = TransformerLanguageModel(100, 32, num_layers=2, hidden_dim=32, num_heads=4,
     ...                               intermediate_dim=64, num_key_value_heads=2)
-    >>> lm(keras.ops.ones((2, 10), "int32")).shape
+    >>> tuple(lm(keras.ops.ones((2, 10), "int32")).shape)
     (2, 10, 100)
     """
 

@@ -40,7 +40,7 @@ class Seq2SeqTransformer(TransformerModelBase):
     >>> model = Seq2SeqTransformer(100, 100, 16, 16, hidden_dim=32, num_heads=4,
     ...                            intermediate_dim=64)
     >>> ids = keras.ops.ones((2, 16), "int32")
-    >>> model({"encoder_token_ids": ids, "decoder_token_ids": ids}).shape
+    >>> tuple(model({"encoder_token_ids": ids, "decoder_token_ids": ids}).shape)
     (2, 16, 100)
     """
 
