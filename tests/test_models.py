@@ -151,3 +151,26 @@ def test_classifiers_learn_simple_rules(rng):
     predicted = np.argmax(tagger.predict(ids[1600:], verbose=0), -1)
     real = ids[1600:] != 0
     assert (predicted[real] == tags[1600:][real]).mean() > 0.98
+
+
+@pytest.mark.parametrize("policy, tolerance", [("mixed_float16", 2e-2), ("mixed_bfloat16", 1.5e-1)])
+def test_mixed_precision_is_close_to_float32_and_trains(rng, policy, tolerance):
+    ids = _ids(rng)
+    inputs = {"encoder_token_ids": ids, "decoder_token_ids": ids}
+    reference = Seq2SeqTransformer(50, 60, 12, 12, **SMALL)
+    expected = np.asarray(reference(inputs))
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = Seq2SeqTransformer(50, 60, 12, 12, **SMALL)
+        model(inputs)
+        model.set_weights(reference.get_weights())
+        logits = model(inputs)
+        assert keras.backend.standardize_dtype(logits.dtype) == "float32"  # logits stay float32 for the loss
+        np.testing.assert_allclose(np.asarray(logits), expected, atol=tolerance)
+        model.compile(
+            "adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=False
+        )
+        losses = model.fit(inputs, ids, epochs=3, verbose=0).history["loss"]
+        assert np.isfinite(losses).all() and losses[-1] < losses[0]
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

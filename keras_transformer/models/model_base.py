@@ -123,8 +123,13 @@ class TiedOrDenseLogits(keras.layers.Layer):
 
     def call(self, inputs):
         if self.dense is not None:
-            return self.dense(inputs)
-        return ops.matmul(inputs, ops.transpose(ops.cast(self.embedding.embeddings, inputs.dtype)))
+            logits = self.dense(inputs)
+        else:
+            embeddings = ops.cast(self.embedding.embeddings, inputs.dtype)
+            logits = ops.matmul(inputs, ops.transpose(embeddings))
+        # float32 logits under mixed precision: the softmax over the vocabulary and the loss
+        # lose too much in float16.
+        return ops.cast(logits, "float32")
 
     def compute_output_shape(self, inputs_shape):
         return tuple(inputs_shape[:-1]) + (self.vocabulary_size,)
