@@ -10,8 +10,7 @@ import pytest
 import keras_transformer
 
 MODULES = sorted(
-    info.name
-    for info in pkgutil.walk_packages(keras_transformer.__path__, "keras_transformer.")
+    info.name for info in pkgutil.walk_packages(keras_transformer.__path__, "keras_transformer.")
 )
 
 

@@ -165,7 +165,9 @@ def test_mixed_precision_is_close_to_float32_and_trains(rng, policy, tolerance):
         model(inputs)
         model.set_weights(reference.get_weights())
         logits = model(inputs)
-        assert keras.backend.standardize_dtype(logits.dtype) == "float32"  # logits stay float32 for the loss
+        assert (
+            keras.backend.standardize_dtype(logits.dtype) == "float32"
+        )  # logits stay float32 for the loss
         np.testing.assert_allclose(np.asarray(logits), expected, atol=tolerance)
         model.compile(
             "adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=False

@@ -72,7 +72,7 @@ def test_cached_self_attention_equals_full_pass(rng, kv_heads, rotary):
     x = rng.standard_normal((B, T, D)).astype("float32")
     full = np.asarray(layer(x, use_causal_mask=True))
     max_length = T + 3  # a cache longer than the sequence: unused slots stay masked
-    cache = np.zeros((B, 2, max_length, kv_heads, 8), "float32")
+    cache = np.zeros((B, 2, kv_heads, max_length, 8), "float32")
     # Prefill the first 2 tokens, then one token per step: the same call path.
     out, cache = layer(x[:, :2], use_causal_mask=True, cache=cache, cache_index=0)
     steps = [np.asarray(out)]
@@ -82,8 +82,8 @@ def test_cached_self_attention_equals_full_pass(rng, kv_heads, rotary):
         )
         steps.append(np.asarray(out))
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
-    assert cache.shape == (B, 2, max_length, kv_heads, 8)
-    assert np.all(np.asarray(cache)[:, :, T:] == 0)
+    assert cache.shape == (B, 2, kv_heads, max_length, 8)
+    assert np.all(np.asarray(cache)[:, :, :, T:] == 0)
 
 
 @pytest.mark.parametrize("kv_heads", [4, 2])
@@ -95,7 +95,7 @@ def test_cross_attention_cache_equals_full_pass(rng, kv_heads):
     key_padding[1, 5:] = False
     full = np.asarray(layer(query, memory, key_padding_mask=key_padding))
     cache = layer.compute_key_value_cache(memory)
-    assert cache.shape == (B, 2, S, kv_heads, 8)
+    assert cache.shape == (B, 2, kv_heads, S, 8)
     for index in range(T):
         step = layer(query[:, index : index + 1], cache=cache, key_padding_mask=key_padding)
         step_out = np.asarray(step[0])
@@ -114,7 +114,7 @@ def test_cache_in_a_compiled_function_keeps_static_shapes(rng):
     def step(token_states, cache, index):
         return layer(token_states, use_causal_mask=True, cache=cache, cache_index=index)
 
-    cache = tf.zeros((1, 2, 8, 2, 8))
+    cache = tf.zeros((1, 2, 2, 8, 8))
     outputs = []
     for index in range(T):
         out, cache = step(x[:, index : index + 1], cache, tf.constant(index))
@@ -175,8 +175,8 @@ def test_bad_call_arguments_name_the_argument_and_shape(rng):
         layer(x[:, 0])
     with pytest.raises(ValueError, match=r"`attention_mask` of shape \(2, 6, 5\)"):
         layer(x, attention_mask=np.ones((B, T, 5), bool))
-    with pytest.raises(ValueError, match=r"`cache` must have shape \[batch, 2, max_length, 4, 8\]"):
-        layer(x, cache=np.zeros((B, 2, 10, 2, 8), "float32"), cache_index=0)
+    with pytest.raises(ValueError, match=r"`cache` must have shape \[batch, 2, 4, max_length, 8\]"):
+        layer(x, cache=np.zeros((B, 2, 2, 10, 8), "float32"), cache_index=0)
     with pytest.raises(ValueError, match="`key` must be omitted"):
         layer(x, x, key=x + 1)
 

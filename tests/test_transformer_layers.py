@@ -121,7 +121,7 @@ def test_stack_cached_decoding_equals_full_pass(rng, kv_heads, normalize_first):
     full = np.asarray(decoder(dec, enc, encoder_padding_mask=enc_pad))
     cross = decoder.compute_cross_attention_cache(enc)
     cache = decoder.init_cache(B, T + 2)
-    assert cache.shape == (B, 2, 2, T + 2, kv_heads or 4, 8)
+    assert cache.shape == (B, 2, 2, kv_heads or 4, T + 2, 8)
     out, cache = decoder(
         dec[:, :3],
         encoder_padding_mask=enc_pad,

@@ -78,7 +78,9 @@ class FeedForward(keras.layers.Layer):
                 name="intermediate_bias", shape=(hidden,), initializer=self.bias_initializer
             )
             self.output_bias = self.add_weight(
-                name="output_bias", shape=(self.output_dim or width,), initializer=self.bias_initializer
+                name="output_bias",
+                shape=(self.output_dim or width,),
+                initializer=self.bias_initializer,
             )
 
     def call(self, inputs, training=None):

@@ -36,7 +36,7 @@ def _positions(query_length: int, key_length: int, offset=0):
 
 
 def causal_mask(query_length: int, key_length: int | None = None, offset=0):
-    """``[T, S]`` mask: query ``i`` (at absolute position ``offset + i``) sees keys ``<= offset + i``.
+    """``[T, S]``: query ``i`` (at absolute position ``offset + i`` sees keys ``<= offset + i``.
 
     ``offset`` may be a Python int or a scalar tensor (the KV-cache write index).
     """

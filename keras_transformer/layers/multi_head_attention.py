@@ -7,7 +7,7 @@ from keras import ops
 
 from keras_transformer.layers.masks import attention_mask_for
 from keras_transformer.layers.rotary_embedding import RotaryEmbedding
-from keras_transformer.layers.scaled_dot_product_attention import attend_bthd
+from keras_transformer.layers.scaled_dot_product_attention import attend
 from keras_transformer.layers.validation import check_rank, clone_initializer, keras_mask_of
 
 
@@ -20,7 +20,7 @@ class MultiHeadAttention(keras.layers.Layer):
     keys and values with another. The weights are the same in both cases: a query kernel
     ``[d_query, H * key_dim]`` and a key/value kernel ``[d_value, H_kv * (key_dim + value_dim)]``.
 
-    Incremental decoding uses a cache tensor of static shape ``[B, 2, S_max, H_kv, key_dim]``
+    Incremental decoding uses a cache tensor of static shape ``[B, 2, H_kv, S_max, key_dim]``
     (keys, then values). A call with ``cache`` and ``cache_index`` writes the ``T`` new keys
     and values at ``cache_index`` with a slice update and attends over all ``S_max`` slots;
     slots not yet written are hidden by the causal mask. Prefill (``T`` = prompt length,
@@ -51,7 +51,7 @@ class MultiHeadAttention(keras.layers.Layer):
         key_padding_mask: ``[B, S]``; defaults to the value's Keras mask.
         use_causal_mask: add a causal mask (query ``i`` sees keys ``<= i``, offset by
             ``cache_index`` when caching).
-        cache: ``[B, 2, S_max, H_kv, key_dim]`` KV cache, or ``None``.
+        cache: ``[B, 2, H_kv, S_max, key_dim]`` KV cache, or ``None``.
         cache_index: scalar write position in the cache. ``cache`` with ``cache_index=None``
             is a memory projected beforehand by :meth:`compute_key_value_cache`
             (cross-attention during decoding): it is read, not written, and ``value`` may
@@ -100,7 +100,9 @@ class MultiHeadAttention(keras.layers.Layer):
                 f"num_heads={num_heads}"
             )
         if use_rotary_embedding and key_dim % 2:
-            raise ValueError(f"MultiHeadAttention: rotary embedding needs an even key_dim, got {key_dim}")
+            raise ValueError(
+                f"MultiHeadAttention: rotary embedding needs an even key_dim, got {key_dim}"
+            )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"MultiHeadAttention: dropout must be in [0, 1), got {dropout}")
         self.num_heads = num_heads
@@ -160,44 +162,57 @@ class MultiHeadAttention(keras.layers.Layer):
         return self.add_weight(name=name, shape=(size,), initializer=self.bias_initializer)
 
     # -- projections ------------------------------------------------------------------
+    # Heads are laid out [B, heads, L, depth] right after each projection, with a single
+    # transpose of the fused output; the attention matmuls then need no further transposes,
+    # and a head split is a contiguous copy (a split along the feature axis is a strided one).
     def _project(self, x, kernel, bias):
         y = ops.matmul(x, kernel)
         return y + bias if bias is not None else y
 
-    def _split_key_value(self, key_value):
-        """``[B, S, H_kv * (Dk + Dv)]`` -> keys ``[B, S, H_kv, Dk]``, values ``[B, S, H_kv, Dv]``."""
-        batch, length = ops.shape(key_value)[0], ops.shape(key_value)[1]
-        key_width = self.num_key_value_heads * self.key_dim
-        key = ops.reshape(
-            key_value[..., :key_width], (batch, length, self.num_key_value_heads, self.key_dim)
+    def _to_heads(self, x, num_heads: int, depth: int):
+        """``[B, L, num_heads * depth]`` -> ``[B, num_heads, L, depth]``."""
+        batch, length = ops.shape(x)[0], ops.shape(x)[1]
+        return ops.transpose(ops.reshape(x, (batch, length, num_heads, depth)), (0, 2, 1, 3))
+
+    def _split_heads(self, projected, query_heads: int):
+        """Fused ``[B, L, query_heads*Dk + H_kv*Dk + H_kv*Dv]`` -> (q, k, v), head-major."""
+        kv_heads = self.num_key_value_heads
+        if self.key_dim == self.value_dim:
+            heads = self._to_heads(projected, query_heads + 2 * kv_heads, self.key_dim)
+            query, key, value = ops.split(heads, [query_heads, query_heads + kv_heads], axis=1)
+            return (query if query_heads else None), key, value
+        query_width = query_heads * self.key_dim
+        key_width = kv_heads * self.key_dim
+        query, key, value = ops.split(projected, [query_width, query_width + key_width], axis=-1)
+        return (
+            self._to_heads(query, query_heads, self.key_dim) if query_heads else None,
+            self._to_heads(key, kv_heads, self.key_dim),
+            self._to_heads(value, kv_heads, self.value_dim),
         )
-        value = ops.reshape(
-            key_value[..., key_width:], (batch, length, self.num_key_value_heads, self.value_dim)
-        )
-        return key, value
+
+    def _bias(self, name):
+        return getattr(self, name) if self.use_bias else None
 
     def _project_self(self, x):
-        """One matmul for queries, keys and values of the same sequence."""
+        """Queries, keys and values of one sequence with one matmul."""
         kernel = ops.concatenate([self.query_kernel, self.key_value_kernel], axis=1)
         bias = (
             ops.concatenate([self.query_bias, self.key_value_bias], axis=0)
             if self.use_bias
             else None
         )
-        projected = self._project(x, kernel, bias)
-        query = projected[..., : self._query_width]
-        key, value = self._split_key_value(projected[..., self._query_width :])
-        return query, key, value
+        return self._split_heads(self._project(x, kernel, bias), self.num_heads)
+
+    def _project_memory(self, value):
+        """Keys and values of a memory (cross-attention), head-major."""
+        projected = self._project(value, self.key_value_kernel, self._bias("key_value_bias"))
+        return self._split_heads(projected, 0)[1:]
 
     def compute_key_value_cache(self, value, key=None):
-        """Project a (cross-attention) memory once: ``[B, 2, S, H_kv, key_dim]``."""
+        """Project a (cross-attention) memory once: ``[B, 2, H_kv, S, key_dim]``."""
         self._check_key(value, key)
         self._check_cacheable()
-        projected = self._project(
-            value, self.key_value_kernel, self.key_value_bias if self.use_bias else None
-        )
-        key, value = self._split_key_value(projected)
-        return ops.stack([key, value], axis=1)
+        return ops.stack(self._project_memory(value), axis=1)
 
     # -- call -------------------------------------------------------------------------
     def call(
@@ -230,35 +245,32 @@ class MultiHeadAttention(keras.layers.Layer):
         offset = 0
         if self_attention:
             q, k, v = self._project_self(query)
+            if self._rotary is not None:
+                start = 0 if cache is None else cache_index
+                q = self._rotary(q, start_index=start, sequence_axis=2)
+                k = self._rotary(k, start_index=start, sequence_axis=2)
         else:
-            q = self._project(query, self.query_kernel, self.query_bias if self.use_bias else None)
-            k = v = None
+            q = self._to_heads(
+                self._project(query, self.query_kernel, self._bias("query_bias")),
+                self.num_heads,
+                self.key_dim,
+            )
             if not precomputed_memory:
                 check_rank("MultiHeadAttention", "value", value.shape, 3)
-                k, v = self._split_key_value(
-                    self._project(
-                        value, self.key_value_kernel, self.key_value_bias if self.use_bias else None
-                    )
-                )
-        q = ops.reshape(q, (batch, query_length, self.num_heads, self.key_dim))
+                k, v = self._project_memory(value)
 
         if cache is not None:
             self._check_cache(cache)
             if not precomputed_memory:
                 offset = cache_index if self_attention else 0
-                if self._rotary is not None and self_attention:
-                    q = self._rotary(q, start_index=cache_index)
-                    k = self._rotary(k, start_index=cache_index)
-                update = ops.stack([k, v], axis=1)
-                start = [0, 0, ops.cast(cache_index, "int32"), 0, 0]
-                cache = ops.slice_update(cache, start, ops.cast(update, cache.dtype))
+                update = ops.cast(ops.stack([k, v], axis=1), cache.dtype)
+                start = [0, 0, 0, ops.cast(cache_index, "int32"), 0]
+                cache = ops.slice_update(cache, start, update)
             k, v = cache[:, 0], cache[:, 1]
-        elif self._rotary is not None and self_attention:
-            q, k = self._rotary(q), self._rotary(k)
 
         mask = attention_mask_for(
             query_length,
-            ops.shape(k)[1],
+            ops.shape(k)[2],
             query_padding_mask=query_padding_mask,
             key_padding_mask=key_padding_mask,
             attention_mask=self._checked_attention_mask(attention_mask, query, k),
@@ -266,9 +278,9 @@ class MultiHeadAttention(keras.layers.Layer):
             sliding_window=self.sliding_window,
             offset=offset,
         )
-        if mask is not None:
-            mask = ops.expand_dims(mask, 1) if len(mask.shape) == 3 else mask
-        attended, weights = attend_bthd(
+        if mask is not None and len(mask.shape) == 3:
+            mask = ops.expand_dims(mask, 1)  # [B, T, S] -> [B, 1, T, S], shared by the heads
+        attended, weights = attend(
             q,
             k,
             v,
@@ -277,10 +289,11 @@ class MultiHeadAttention(keras.layers.Layer):
             training=bool(training) and self.dropout > 0,
             seed=self._seed_generator,
         )
-        attended = ops.reshape(attended, (batch, query_length, self.num_heads * self.value_dim))
-        output = self._project(
-            attended, self.output_kernel, self.output_bias if self.use_bias else None
+        attended = ops.reshape(
+            ops.transpose(attended, (0, 2, 1, 3)),
+            (batch, query_length, self.num_heads * self.value_dim),
         )
+        output = self._project(attended, self.output_kernel, self._bias("output_bias"))
 
         results = (output,)
         if return_attention_scores:
@@ -306,21 +319,21 @@ class MultiHeadAttention(keras.layers.Layer):
 
     def _check_cache(self, cache):
         self._check_cacheable()
-        expected = (2, None, self.num_key_value_heads, self.key_dim)
+        expected = (2, self.num_key_value_heads, None, self.key_dim)
         shape = tuple(cache.shape)
         if len(shape) != 5 or any(
             want is not None and got is not None and got != want
             for got, want in zip(shape[1:], expected)
         ):
             raise ValueError(
-                f"MultiHeadAttention: `cache` must have shape [batch, 2, max_length, "
-                f"{self.num_key_value_heads}, {self.key_dim}], got {shape}"
+                f"MultiHeadAttention: `cache` must have shape [batch, 2, "
+                f"{self.num_key_value_heads}, max_length, {self.key_dim}], got {shape}"
             )
 
     def _checked_attention_mask(self, attention_mask, query, key):
         if attention_mask is None:
             return None
-        target = (query.shape[0], query.shape[1], key.shape[1])
+        target = (query.shape[0], query.shape[1], key.shape[2])  # key: [B, H_kv, S, D]
         shape = tuple(attention_mask.shape)
         if len(shape) > 4 or any(
             got is not None and want is not None and got not in (1, want)

@@ -30,7 +30,9 @@ class PositionEmbedding(keras.layers.Layer):
         super().__init__(**kwargs)
         self.supports_masking = True
         if sequence_length is None or sequence_length < 1:
-            raise ValueError(f"PositionEmbedding: sequence_length must be >= 1, got {sequence_length}")
+            raise ValueError(
+                f"PositionEmbedding: sequence_length must be >= 1, got {sequence_length}"
+            )
         self.sequence_length = sequence_length
         self.initializer = keras.initializers.get(initializer)
 

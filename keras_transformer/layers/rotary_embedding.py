@@ -19,9 +19,10 @@ class RotaryEmbedding(keras.layers.Layer):
         scaling_factor: positions are divided by this (linear position interpolation).
 
     Call arguments:
-        inputs: ``[B, T, H, D]`` (``D`` even).
+        inputs: ``[B, T, H, D]`` (``D`` even), or ``[B, H, T, D]`` with ``sequence_axis=2``.
         start_index: absolute position of the first of the ``T`` steps (int or scalar
             tensor; the KV-cache write index during incremental decoding).
+        sequence_axis: the axis of ``T``.
 
     Example:
     >>> x = keras.random.normal((2, 8, 4, 16))
@@ -35,20 +36,22 @@ class RotaryEmbedding(keras.layers.Layer):
         self.scaling_factor = scaling_factor
         self.built = True
 
-    def call(self, inputs, start_index=0):
+    def call(self, inputs, start_index=0, sequence_axis: int = 1):
         depth = inputs.shape[-1]
         if depth is None or depth % 2:
             raise ValueError(
                 f"RotaryEmbedding: the feature depth must be even, got inputs of shape "
                 f"{tuple(inputs.shape)}"
             )
-        length = ops.shape(inputs)[1]
+        length = ops.shape(inputs)[sequence_axis]
         positions = ops.cast(ops.arange(length) + ops.cast(start_index, "int32"), "float32")
         positions = positions / self.scaling_factor
         exponents = ops.arange(0, depth // 2, dtype="float32") * (2.0 / depth)
         inverse_frequencies = ops.power(float(self.max_wavelength), -exponents)
         angles = ops.einsum("t,f->tf", positions, inverse_frequencies)
-        angles = ops.concatenate([angles, angles], axis=-1)[:, None, :]  # [T, 1, D]
+        angles = ops.concatenate([angles, angles], axis=-1)  # [T, D]
+        for _ in range(len(inputs.shape) - 1 - sequence_axis % len(inputs.shape) - 1):
+            angles = ops.expand_dims(angles, -2)  # [T, 1, D] for [B, T, H, D] inputs
         cos = ops.cast(ops.cos(angles), inputs.dtype)
         sin = ops.cast(ops.sin(angles), inputs.dtype)
         first, second = ops.split(inputs, 2, axis=-1)

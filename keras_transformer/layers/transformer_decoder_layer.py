@@ -15,7 +15,7 @@ class TransformerDecoderLayer(TransformerLayerBase):
     The layer has cross-attention when it is first built with an ``encoder_sequence``
     (as in keras-nlp); a decoder-only layer is built without one.
 
-    Incremental decoding: pass ``self_attention_cache`` ``[B, 2, S_max, H_kv, head_dim]``
+    Incremental decoding: pass ``self_attention_cache`` ``[B, 2, H_kv, S_max, head_dim]``
     and ``cache_index`` (where the new tokens go); the layer then returns
     ``(outputs, updated_self_attention_cache)``. Cross-attention can read a cache made once
     by :meth:`compute_cross_attention_cache`, so ``encoder_sequence`` is not needed per step.
@@ -32,8 +32,8 @@ class TransformerDecoderLayer(TransformerLayerBase):
         decoder_attention_mask: extra self-attention mask broadcastable to ``[B, T, T]``.
         encoder_attention_mask: extra cross-attention mask broadcastable to ``[B, T, S]``.
         use_causal_mask: mask future positions (default ``True``).
-        self_attention_cache: ``[B, 2, S_max, H_kv, head_dim]`` or ``None``.
-        cross_attention_cache: ``[B, 2, S, H_kv, head_dim]`` or ``None``.
+        self_attention_cache: ``[B, 2, H_kv, S_max, head_dim]`` or ``None``.
+        cross_attention_cache: ``[B, 2, H_kv, S, head_dim]`` or ``None``.
         cache_index: scalar position of the first of the ``T`` new tokens.
         return_attention_scores: also return ``{"self_attention": [B, H, T, S_self],
             "cross_attention": [B, H, T, S]}``.
@@ -59,7 +59,9 @@ class TransformerDecoderLayer(TransformerLayerBase):
         self.cross_attention = None
         if encoder_sequence_shape is not None:
             self._width(encoder_sequence_shape, "encoder_sequence")
-            self.cross_attention = self._make_attention(width, "cross_attention", self_attention=False)
+            self.cross_attention = self._make_attention(
+                width, "cross_attention", self_attention=False
+            )
             self.cross_attention.build(decoder_sequence_shape, encoder_sequence_shape)
             self.cross_attention_norm = self._make_norm("cross_attention_norm")
             self.cross_attention_norm.build(decoder_sequence_shape)
@@ -75,9 +77,11 @@ class TransformerDecoderLayer(TransformerLayerBase):
         return self.cross_attention is not None
 
     def compute_cross_attention_cache(self, encoder_sequence):
-        """Project the encoder output once for decoding: ``[B, 2, S, H_kv, head_dim]``."""
+        """Project the encoder output once for decoding: ``[B, 2, H_kv, S, head_dim]``."""
         if not self.has_cross_attention:
-            raise ValueError("TransformerDecoderLayer: this layer was built without cross-attention")
+            raise ValueError(
+                "TransformerDecoderLayer: this layer was built without cross-attention"
+            )
         return self.cross_attention.compute_key_value_cache(encoder_sequence)
 
     def call(
@@ -150,7 +154,9 @@ class TransformerDecoderLayer(TransformerLayerBase):
 
         residual = x
         x = self.feedforward(self._block_input(x, self.feedforward_norm), training=training)
-        x = self._block_output(residual, x, self.feedforward_norm, self.feedforward_dropout, training)
+        x = self._block_output(
+            residual, x, self.feedforward_norm, self.feedforward_dropout, training
+        )
 
         results = (x,)
         if self_attention_cache is not None:

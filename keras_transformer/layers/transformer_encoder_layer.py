@@ -81,7 +81,9 @@ class TransformerEncoderLayer(TransformerLayerBase):
 
         residual = x
         x = self.feedforward(self._block_input(x, self.feedforward_norm), training=training)
-        x = self._block_output(residual, x, self.feedforward_norm, self.feedforward_dropout, training)
+        x = self._block_output(
+            residual, x, self.feedforward_norm, self.feedforward_dropout, training
+        )
         return (x, scores) if return_attention_scores else x
 
     def compute_output_shape(self, inputs_shape):

@@ -35,7 +35,9 @@ class _Stack(keras.layers.Layer):
         # Pre-LN stacks end with a LayerNorm: their residual stream is never normalized inside.
         self.final_norm = (
             keras.layers.LayerNormalization(
-                epsilon=self.layers[0].layer_norm_epsilon, dtype=self.dtype_policy, name="final_norm"
+                epsilon=self.layers[0].layer_norm_epsilon,
+                dtype=self.dtype_policy,
+                name="final_norm",
             )
             if self.normalize_first
             else None
@@ -86,7 +88,14 @@ class TransformerEncoder(_Stack):
         if self.final_norm is not None:
             self.final_norm.build(inputs_shape)
 
-    def call(self, inputs, padding_mask=None, attention_mask=None, return_attention_scores=False, training=None):
+    def call(
+        self,
+        inputs,
+        padding_mask=None,
+        attention_mask=None,
+        return_attention_scores=False,
+        training=None,
+    ):
         if padding_mask is None:
             padding_mask = keras_mask_of(inputs)
         x, all_scores = inputs, []
@@ -108,8 +117,8 @@ class TransformerDecoder(_Stack):
     """A stack of :class:`TransformerDecoderLayer`, with a KV cache for the whole stack.
 
     The caches of all layers travel as one tensor each, so that a decoding step has a
-    fixed, small signature: the self-attention cache ``[B, L, 2, S_max, H_kv, head_dim]``
-    and the cross-attention cache ``[B, L, 2, S, H_kv, head_dim]``.
+    fixed, small signature: the self-attention cache ``[B, L, 2, H_kv, S_max, head_dim]``
+    and the cross-attention cache ``[B, L, 2, H_kv, S, head_dim]``.
 
     Args:
         num_layers: number of layers.
@@ -119,8 +128,8 @@ class TransformerDecoder(_Stack):
         decoder_sequence, encoder_sequence, decoder_padding_mask, encoder_padding_mask,
         decoder_attention_mask, encoder_attention_mask, use_causal_mask,
         return_attention_scores, training: as in :class:`TransformerDecoderLayer`.
-        self_attention_cache: ``[B, L, 2, S_max, H_kv, head_dim]`` or ``None``.
-        cross_attention_cache: ``[B, L, 2, S, H_kv, head_dim]`` or ``None``.
+        self_attention_cache: ``[B, L, 2, H_kv, S_max, head_dim]`` or ``None``.
+        cross_attention_cache: ``[B, L, 2, H_kv, S, head_dim]`` or ``None``.
         cache_index: scalar position of the first new token.
 
     Returns:
@@ -142,22 +151,22 @@ class TransformerDecoder(_Stack):
             self.final_norm.build(decoder_sequence_shape)
 
     def init_cache(self, batch_size: int, max_length: int, dtype=None):
-        """A zero self-attention cache ``[B, L, 2, max_length, H_kv, head_dim]``."""
+        """A zero self-attention cache ``[B, L, 2, H_kv, max_length, head_dim]``."""
         attention = self.layers[0].self_attention
         return ops.zeros(
             (
                 batch_size,
                 self.num_layers,
                 2,
-                max_length,
                 attention.num_key_value_heads,
+                max_length,
                 attention.key_dim,
             ),
             dtype=dtype or self.compute_dtype,
         )
 
     def compute_cross_attention_cache(self, encoder_sequence):
-        """Every layer's projected encoder memory: ``[B, L, 2, S, H_kv, head_dim]``."""
+        """Every layer's projected encoder memory: ``[B, L, 2, H_kv, S, head_dim]``."""
         return ops.stack(
             [layer.compute_cross_attention_cache(encoder_sequence) for layer in self.layers], axis=1
         )

@@ -4,4 +4,9 @@ from keras_transformer.models.encoder_classifiers import SequenceClassifier, Tok
 from keras_transformer.models.language_model import TransformerLanguageModel
 from keras_transformer.models.seq2seq_transformer import Seq2SeqTransformer
 
-__all__ = ["Seq2SeqTransformer", "SequenceClassifier", "TokenClassifier", "TransformerLanguageModel"]
+__all__ = [
+    "Seq2SeqTransformer",
+    "SequenceClassifier",
+    "TokenClassifier",
+    "TransformerLanguageModel",
+]

@@ -67,11 +67,19 @@ class SequenceClassifier(_EncoderModel):
     (2, 3)
     """
 
-    def __init__(self, vocabulary_size: int, sequence_length: int, num_classes: int,
-                 pooling: str = "mean", **kwargs):
+    def __init__(
+        self,
+        vocabulary_size: int,
+        sequence_length: int,
+        num_classes: int,
+        pooling: str = "mean",
+        **kwargs,
+    ):
         super().__init__(vocabulary_size, sequence_length, **kwargs)
         if pooling not in POOLINGS:
-            raise ValueError(f"SequenceClassifier: pooling must be one of {POOLINGS}, got {pooling!r}")
+            raise ValueError(
+                f"SequenceClassifier: pooling must be one of {POOLINGS}, got {pooling!r}"
+            )
         self.num_classes = num_classes
         self.pooling = pooling
         self.head_dropout = keras.layers.Dropout(self.dropout, name="head_dropout")

@@ -83,11 +83,12 @@ class TransformerLanguageModel(TransformerModelBase):
         return self.output_head(x)
 
     def init_cache(self, batch_size: int, max_length: int | None = None):
-        """A zero cache ``[B, L, 2, max_length, H_kv, head_dim]``."""
+        """A zero cache ``[B, L, 2, H_kv, max_length, head_dim]``."""
         return self.decoder.init_cache(batch_size, max_length or self.sequence_length)
 
-    def call_with_cache(self, token_ids, cache, cache_index, padding_mask=None,
-                        return_attention_scores=False):
+    def call_with_cache(
+        self, token_ids, cache, cache_index, padding_mask=None, return_attention_scores=False
+    ):
         """Logits for ``T`` tokens written at ``cache_index``: ``(logits, updated cache)``.
 
         ``padding_mask`` ``[B, S_max]`` hides cache slots (e.g. left padding of prompts).

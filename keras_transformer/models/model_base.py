@@ -74,7 +74,9 @@ class TransformerModelBase(keras.Model):
             vocabulary_size,
             sequence_length,
             self.hidden_dim,
-            position_encoding="none" if self.position_encoding == "rotary" else self.position_encoding,
+            position_encoding="none"
+            if self.position_encoding == "rotary"
+            else self.position_encoding,
             mask_zero=True,
             scale_embeddings=self.scale_embeddings,
             dropout=self.dropout,
@@ -139,7 +141,9 @@ def check_token_ids(owner: str, argument: str, token_ids, max_length: int) -> No
     """One-line errors for token-id inputs of the wrong rank or length."""
     shape = tuple(token_ids.shape)
     if len(shape) != 2:
-        raise ValueError(f"{owner}: `{argument}` must be [batch, length] token ids, got shape {shape}")
+        raise ValueError(
+            f"{owner}: `{argument}` must be [batch, length] token ids, got shape {shape}"
+        )
     if shape[1] is not None and shape[1] > max_length:
         raise ValueError(
             f"{owner}: `{argument}` of shape {shape} is longer than the model's maximum "

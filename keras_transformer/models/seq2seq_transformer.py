@@ -70,8 +70,12 @@ class Seq2SeqTransformer(TransformerModelBase):
         self.decoder_embedding = self._make_embedding(
             decoder_vocabulary_size, decoder_sequence_length, "decoder_embedding"
         )
-        self.encoder = TransformerEncoder(num_encoder_layers, **self._layer_kwargs(), name="encoder")
-        self.decoder = TransformerDecoder(num_decoder_layers, **self._layer_kwargs(), name="decoder")
+        self.encoder = TransformerEncoder(
+            num_encoder_layers, **self._layer_kwargs(), name="encoder"
+        )
+        self.decoder = TransformerDecoder(
+            num_decoder_layers, **self._layer_kwargs(), name="decoder"
+        )
         self.output_head = TiedOrDenseLogits(
             decoder_vocabulary_size,
             self.decoder_embedding.token_embedding if tie_output_embeddings else None,
@@ -113,22 +117,33 @@ class Seq2SeqTransformer(TransformerModelBase):
 
     def encode(self, encoder_token_ids, training=None):
         """``(encoder_output [B, S, d], encoder_padding_mask [B, S])``."""
-        check_token_ids("Seq2SeqTransformer", "encoder_token_ids", encoder_token_ids,
-                        self.encoder_sequence_length)
+        check_token_ids(
+            "Seq2SeqTransformer",
+            "encoder_token_ids",
+            encoder_token_ids,
+            self.encoder_sequence_length,
+        )
         padding_mask = ops.not_equal(encoder_token_ids, 0)
         x = self.encoder_embedding(encoder_token_ids, training=training)
         return self.encoder(x, padding_mask=padding_mask, training=training), padding_mask
 
     def cross_attention_cache(self, encoder_output):
-        """The decoder's projected encoder memory, ``[B, L, 2, S, H_kv, head_dim]``."""
+        """The decoder's projected encoder memory, ``[B, L, 2, H_kv, S, head_dim]``."""
         return self.decoder.compute_cross_attention_cache(encoder_output)
 
     def init_cache(self, batch_size: int, max_length: int | None = None):
-        """A zero self-attention cache ``[B, L, 2, max_length, H_kv, head_dim]``."""
+        """A zero self-attention cache ``[B, L, 2, H_kv, max_length, head_dim]``."""
         return self.decoder.init_cache(batch_size, max_length or self.decoder_sequence_length)
 
-    def decode(self, decoder_token_ids, cache, cache_index, cross_attention_cache,
-               encoder_padding_mask, return_attention_scores=False):
+    def decode(
+        self,
+        decoder_token_ids,
+        cache,
+        cache_index,
+        cross_attention_cache,
+        encoder_padding_mask,
+        return_attention_scores=False,
+    ):
         """Logits for ``T`` new target tokens at ``cache_index`` (``T = 1`` per step).
 
         Returns ``(logits [B, T, V], updated cache)`` (and the per-layer scores if asked).
