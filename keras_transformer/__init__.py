@@ -14,6 +14,7 @@ except ImportError as error:  # pragma: no cover - exercised only without Keras 
     ) from error
 
 from keras_transformer import layers, models
+from keras_transformer.layers.validation import ArgumentError
 
 __version__ = "0.1.0"
-__all__ = ["layers", "models", "__version__"]
+__all__ = ["ArgumentError", "layers", "models", "__version__"]

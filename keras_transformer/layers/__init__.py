@@ -20,8 +20,10 @@ from keras_transformer.layers.token_and_position_embedding import TokenAndPositi
 from keras_transformer.layers.transformer_decoder_layer import TransformerDecoderLayer
 from keras_transformer.layers.transformer_encoder_layer import TransformerEncoderLayer
 from keras_transformer.layers.transformer_stacks import TransformerDecoder, TransformerEncoder
+from keras_transformer.layers.validation import ArgumentError
 
 __all__ = [
+    "ArgumentError",
     "FeedForward",
     "MultiHeadAttention",
     "PositionEmbedding",

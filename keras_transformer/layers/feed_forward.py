@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from keras_transformer.layers.validation import clone_initializer
+from keras_transformer.layers.validation import ArgumentError, clone_initializer
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
@@ -48,7 +48,9 @@ class FeedForward(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         if intermediate_dim is None or intermediate_dim < 1:
-            raise ValueError(f"FeedForward: intermediate_dim must be >= 1, got {intermediate_dim}")
+            raise ArgumentError(
+                f"FeedForward: intermediate_dim must be >= 1, got {intermediate_dim}"
+            )
         self.intermediate_dim = intermediate_dim
         self.activation = keras.activations.get(activation)
         self.gated = gated

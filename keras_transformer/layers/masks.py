@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from keras import ops
 
+from keras_transformer.layers.validation import ArgumentError
+
 
 def padding_mask(token_ids, padding_id: int = 0):
     """``[B, L]`` boolean mask, ``True`` where ``token_ids != padding_id``."""
@@ -59,7 +61,7 @@ def sliding_window_mask(
     ``|p - k| < window``.
     """
     if window < 1:
-        raise ValueError(f"sliding window must be >= 1, got window={window}")
+        raise ArgumentError(f"sliding window must be >= 1, got window={window}")
     key_length = query_length if key_length is None else key_length
     query_positions, key_positions = _positions(query_length, key_length, offset)
     distance = query_positions - key_positions

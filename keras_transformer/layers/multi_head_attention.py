@@ -8,7 +8,12 @@ from keras import ops
 from keras_transformer.layers.masks import attention_mask_for
 from keras_transformer.layers.rotary_embedding import RotaryEmbedding
 from keras_transformer.layers.scaled_dot_product_attention import attend
-from keras_transformer.layers.validation import check_rank, clone_initializer, keras_mask_of
+from keras_transformer.layers.validation import (
+    ArgumentError,
+    check_rank,
+    clone_initializer,
+    keras_mask_of,
+)
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
@@ -90,21 +95,21 @@ class MultiHeadAttention(keras.layers.Layer):
         super().__init__(**kwargs)
         num_key_value_heads = num_heads if num_key_value_heads is None else num_key_value_heads
         if num_heads < 1 or key_dim is None or key_dim < 1:
-            raise ValueError(
+            raise ArgumentError(
                 f"MultiHeadAttention: num_heads and key_dim must be >= 1, got "
                 f"num_heads={num_heads}, key_dim={key_dim}"
             )
         if num_key_value_heads < 1 or num_heads % num_key_value_heads:
-            raise ValueError(
+            raise ArgumentError(
                 f"MultiHeadAttention: num_key_value_heads={num_key_value_heads} must divide "
                 f"num_heads={num_heads}"
             )
         if use_rotary_embedding and key_dim % 2:
-            raise ValueError(
+            raise ArgumentError(
                 f"MultiHeadAttention: rotary embedding needs an even key_dim, got {key_dim}"
             )
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"MultiHeadAttention: dropout must be in [0, 1), got {dropout}")
+            raise ArgumentError(f"MultiHeadAttention: dropout must be in [0, 1), got {dropout}")
         self.num_heads = num_heads
         self.key_dim = key_dim
         self.value_dim = key_dim if value_dim is None else value_dim
@@ -305,14 +310,14 @@ class MultiHeadAttention(keras.layers.Layer):
     # -- checks -----------------------------------------------------------------------
     def _check_key(self, value, key):
         if key is not None and key is not value:
-            raise ValueError(
+            raise ArgumentError(
                 "MultiHeadAttention: `key` must be omitted or be the `value` tensor itself: keys "
                 "and values share one fused projection of the same memory"
             )
 
     def _check_cacheable(self):
         if self.key_dim != self.value_dim:
-            raise ValueError(
+            raise ArgumentError(
                 f"MultiHeadAttention: a KV cache needs key_dim == value_dim, got "
                 f"key_dim={self.key_dim}, value_dim={self.value_dim}"
             )
@@ -325,7 +330,7 @@ class MultiHeadAttention(keras.layers.Layer):
             want is not None and got is not None and got != want
             for got, want in zip(shape[1:], expected)
         ):
-            raise ValueError(
+            raise ArgumentError(
                 f"MultiHeadAttention: `cache` must have shape [batch, 2, "
                 f"{self.num_key_value_heads}, max_length, {self.key_dim}], got {shape}"
             )
@@ -339,7 +344,7 @@ class MultiHeadAttention(keras.layers.Layer):
             got is not None and want is not None and got not in (1, want)
             for got, want in zip(reversed(shape[-3:]), reversed(target))
         ):
-            raise ValueError(
+            raise ArgumentError(
                 f"MultiHeadAttention: `attention_mask` of shape {shape} does not broadcast to "
                 f"[batch, query_length, key_length] = {target}"
             )

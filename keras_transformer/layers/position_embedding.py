@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from keras_transformer.layers.validation import ArgumentError
+
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
 class PositionEmbedding(keras.layers.Layer):
@@ -30,7 +32,7 @@ class PositionEmbedding(keras.layers.Layer):
         super().__init__(**kwargs)
         self.supports_masking = True
         if sequence_length is None or sequence_length < 1:
-            raise ValueError(
+            raise ArgumentError(
                 f"PositionEmbedding: sequence_length must be >= 1, got {sequence_length}"
             )
         self.sequence_length = sequence_length
@@ -46,7 +48,7 @@ class PositionEmbedding(keras.layers.Layer):
     def call(self, inputs, start_index=0):
         length = inputs.shape[1]
         if length is not None and length > self.sequence_length:
-            raise ValueError(
+            raise ArgumentError(
                 f"PositionEmbedding: inputs of shape {tuple(inputs.shape)} are longer than "
                 f"sequence_length={self.sequence_length}"
             )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from keras_transformer.layers.validation import ArgumentError
+
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
 class RotaryEmbedding(keras.layers.Layer):
@@ -39,7 +41,7 @@ class RotaryEmbedding(keras.layers.Layer):
     def call(self, inputs, start_index=0, sequence_axis: int = 1):
         depth = inputs.shape[-1]
         if depth is None or depth % 2:
-            raise ValueError(
+            raise ArgumentError(
                 f"RotaryEmbedding: the feature depth must be even, got inputs of shape "
                 f"{tuple(inputs.shape)}"
             )

@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_transformer.layers.masks import causal_mask
+from keras_transformer.layers.validation import ArgumentError
 
 # Added to masked scores before the softmax. Finite (not -inf) so a row with every key
 # masked stays NaN-free, and bounded so a quantized score tensor keeps a small range.
@@ -14,8 +15,8 @@ MASK_VALUE = -1e9
 _HALF_DTYPES = ("float16", "bfloat16")
 
 
-def _shape_error(function: str, argument: str, expected: str, shape) -> ValueError:
-    return ValueError(f"{function}: `{argument}` must be {expected}, got shape {tuple(shape)}")
+def _shape_error(function: str, argument: str, expected: str, shape) -> ArgumentError:
+    return ArgumentError(f"{function}: `{argument}` must be {expected}, got shape {tuple(shape)}")
 
 
 def _check_inputs(query, key, value, mask) -> None:
@@ -27,22 +28,22 @@ def _check_inputs(query, key, value, mask) -> None:
     k_heads, k_length, k_depth = key.shape[1], key.shape[2], key.shape[3]
     v_heads, v_length = value.shape[1], value.shape[2]
     if None not in (q_depth, k_depth) and q_depth != k_depth:
-        raise ValueError(
+        raise ArgumentError(
             f"{name}: `query` and `key` depths differ: query {tuple(query.shape)}, "
             f"key {tuple(key.shape)}"
         )
     if None not in (k_length, v_length) and k_length != v_length:
-        raise ValueError(
+        raise ArgumentError(
             f"{name}: `key` and `value` lengths differ: key {tuple(key.shape)}, "
             f"value {tuple(value.shape)}"
         )
     if None not in (k_heads, v_heads) and k_heads != v_heads:
-        raise ValueError(
+        raise ArgumentError(
             f"{name}: `key` and `value` head counts differ: key {tuple(key.shape)}, "
             f"value {tuple(value.shape)}"
         )
     if None not in (q_heads, k_heads) and q_heads % k_heads:
-        raise ValueError(
+        raise ArgumentError(
             f"{name}: `query` heads must be a multiple of `key` heads (grouped-query "
             f"attention): query {tuple(query.shape)}, key {tuple(key.shape)}"
         )
@@ -52,7 +53,7 @@ def _check_inputs(query, key, value, mask) -> None:
         target = (query.shape[0], q_heads, query.shape[2], k_length)
         for got, want in zip(reversed(mask.shape), reversed(target)):
             if got is not None and want is not None and got not in (1, want):
-                raise ValueError(
+                raise ArgumentError(
                     f"{name}: `mask` of shape {tuple(mask.shape)} does not broadcast to "
                     f"[batch, heads, T, S] = {target}"
                 )

@@ -7,6 +7,7 @@ from keras import ops
 
 from keras_transformer.layers.position_embedding import PositionEmbedding
 from keras_transformer.layers.sinusoidal_position_encoding import SinusoidalPositionEncoding
+from keras_transformer.layers.validation import ArgumentError
 
 POSITION_ENCODINGS = ("learned", "sinusoidal", "none")
 
@@ -52,7 +53,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         if position_encoding not in POSITION_ENCODINGS:
-            raise ValueError(
+            raise ArgumentError(
                 f"TokenAndPositionEmbedding: position_encoding must be one of "
                 f"{POSITION_ENCODINGS}, got {position_encoding!r}"
             )
@@ -92,7 +93,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
     def call(self, token_ids, start_index=0, training=None):
         length = token_ids.shape[1]
         if length is not None and length > self.sequence_length:
-            raise ValueError(
+            raise ArgumentError(
                 f"TokenAndPositionEmbedding: token_ids of shape {tuple(token_ids.shape)} are "
                 f"longer than sequence_length={self.sequence_length}"
             )

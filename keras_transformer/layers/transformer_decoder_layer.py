@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 
 from keras_transformer.layers.transformer_layer_base import TransformerLayerBase
-from keras_transformer.layers.validation import keras_mask_of
+from keras_transformer.layers.validation import ArgumentError, keras_mask_of
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
@@ -79,7 +79,7 @@ class TransformerDecoderLayer(TransformerLayerBase):
     def compute_cross_attention_cache(self, encoder_sequence):
         """Project the encoder output once for decoding: ``[B, 2, H_kv, S, head_dim]``."""
         if not self.has_cross_attention:
-            raise ValueError(
+            raise ArgumentError(
                 "TransformerDecoderLayer: this layer was built without cross-attention"
             )
         return self.cross_attention.compute_key_value_cache(encoder_sequence)
@@ -101,17 +101,17 @@ class TransformerDecoderLayer(TransformerLayerBase):
     ):
         has_memory = encoder_sequence is not None or cross_attention_cache is not None
         if has_memory and not self.has_cross_attention:
-            raise ValueError(
+            raise ArgumentError(
                 "TransformerDecoderLayer: got an encoder_sequence or cross_attention_cache, "
                 "but this layer was built without cross-attention"
             )
         if self.has_cross_attention and not has_memory:
-            raise ValueError(
+            raise ArgumentError(
                 "TransformerDecoderLayer: this layer has cross-attention and needs "
                 "encoder_sequence or cross_attention_cache"
             )
         if self_attention_cache is not None and cache_index is None:
-            raise ValueError("TransformerDecoderLayer: self_attention_cache needs cache_index")
+            raise ArgumentError("TransformerDecoderLayer: self_attention_cache needs cache_index")
         if decoder_padding_mask is None and self_attention_cache is None:
             decoder_padding_mask = keras_mask_of(decoder_sequence)
         if encoder_padding_mask is None:

@@ -7,7 +7,7 @@ from keras import ops
 
 from keras_transformer.layers.transformer_decoder_layer import TransformerDecoderLayer
 from keras_transformer.layers.transformer_encoder_layer import TransformerEncoderLayer
-from keras_transformer.layers.validation import keras_mask_of
+from keras_transformer.layers.validation import ArgumentError, keras_mask_of
 
 
 class _Stack(keras.layers.Layer):
@@ -23,7 +23,7 @@ class _Stack(keras.layers.Layer):
         }
         super().__init__(**base_kwargs)
         if num_layers < 1:
-            raise ValueError(f"{type(self).__name__}: num_layers must be >= 1, got {num_layers}")
+            raise ArgumentError(f"{type(self).__name__}: num_layers must be >= 1, got {num_layers}")
         self.num_layers = num_layers
         self.layer_kwargs = layer_kwargs
         self.supports_masking = True

@@ -5,10 +5,20 @@ from __future__ import annotations
 import keras
 
 
+class ArgumentError(ValueError):
+    """A bad argument or input, reported in one line that names it and its shape.
+
+    Keras wraps exceptions raised inside ``call()`` in a multi-line report of every call
+    argument; it leaves alone exceptions marked as already reported, which this one is.
+    """
+
+    _keras_call_info_injected = True
+
+
 def check_rank(owner: str, argument: str, shape, rank: int) -> None:
-    """Raise ``ValueError`` naming ``argument`` when ``shape`` is not of ``rank``."""
+    """Raise :class:`ArgumentError` naming ``argument`` when ``shape`` is not of ``rank``."""
     if shape is None or len(shape) != rank:
-        raise ValueError(
+        raise ArgumentError(
             f"{owner}: `{argument}` must have rank {rank}, got shape "
             f"{None if shape is None else tuple(shape)}"
         )
@@ -17,7 +27,7 @@ def check_rank(owner: str, argument: str, shape, rank: int) -> None:
 def check_divisible(owner: str, width: int, num_heads: int) -> int:
     """Return ``width // num_heads``, or raise when the heads do not divide the width."""
     if num_heads < 1 or width % num_heads:
-        raise ValueError(
+        raise ArgumentError(
             f"{owner}: num_heads={num_heads} must divide the model width {width} "
             f"(inputs of width {width})"
         )

@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_transformer.layers import TransformerEncoder
+from keras_transformer.layers.validation import ArgumentError
 from keras_transformer.models.model_base import TransformerModelBase, check_token_ids
 
 POOLINGS = ("mean", "max", "first")
@@ -77,7 +78,7 @@ class SequenceClassifier(_EncoderModel):
     ):
         super().__init__(vocabulary_size, sequence_length, **kwargs)
         if pooling not in POOLINGS:
-            raise ValueError(
+            raise ArgumentError(
                 f"SequenceClassifier: pooling must be one of {POOLINGS}, got {pooling!r}"
             )
         self.num_classes = num_classes

@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_transformer.layers import TokenAndPositionEmbedding
+from keras_transformer.layers.validation import ArgumentError
 
 
 class TransformerModelBase(keras.Model):
@@ -34,12 +35,12 @@ class TransformerModelBase(keras.Model):
     ):
         super().__init__(**kwargs)
         if position_encoding not in ("learned", "sinusoidal", "rotary", "none"):
-            raise ValueError(
+            raise ArgumentError(
                 f"{type(self).__name__}: position_encoding must be 'learned', 'sinusoidal', "
                 f"'rotary' or 'none', got {position_encoding!r}"
             )
         if hidden_dim % num_heads:
-            raise ValueError(
+            raise ArgumentError(
                 f"{type(self).__name__}: num_heads={num_heads} must divide hidden_dim={hidden_dim}"
             )
         self.hidden_dim = hidden_dim
@@ -141,11 +142,11 @@ def check_token_ids(owner: str, argument: str, token_ids, max_length: int) -> No
     """One-line errors for token-id inputs of the wrong rank or length."""
     shape = tuple(token_ids.shape)
     if len(shape) != 2:
-        raise ValueError(
+        raise ArgumentError(
             f"{owner}: `{argument}` must be [batch, length] token ids, got shape {shape}"
         )
     if shape[1] is not None and shape[1] > max_length:
-        raise ValueError(
+        raise ArgumentError(
             f"{owner}: `{argument}` of shape {shape} is longer than the model's maximum "
             f"length {max_length}"
         )

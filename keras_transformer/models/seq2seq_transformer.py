@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_transformer.layers import TransformerDecoder, TransformerEncoder
+from keras_transformer.layers.validation import ArgumentError
 from keras_transformer.models.model_base import (
     TiedOrDenseLogits,
     TransformerModelBase,
@@ -94,7 +95,7 @@ class Seq2SeqTransformer(TransformerModelBase):
 
     def _ids(self, inputs, key):
         if not isinstance(inputs, dict) or key not in inputs:
-            raise ValueError(
+            raise ArgumentError(
                 "Seq2SeqTransformer: inputs must be a dict with 'encoder_token_ids' and "
                 f"'decoder_token_ids', got {type(inputs).__name__}"
                 + (f" with keys {sorted(inputs)}" if isinstance(inputs, dict) else "")
