@@ -10,9 +10,9 @@ import json
 import time
 
 import keras
-from keras_transformer_pipelines.synthetic import masked_token_accuracy, reversal_data
 
 from keras_transformer.models import Seq2SeqTransformer
+from keras_transformer_pipelines.synthetic import masked_token_accuracy, reversal_data
 
 
 def train_reversal(epochs: int = 12, seed: int = 0, verbose: int = 2) -> dict:

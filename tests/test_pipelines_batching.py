@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+
 from keras_transformer_pipelines.batching import (
     batch_sizes_for,
     bucket_boundaries,

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+
 from keras_transformer_pipelines.objectives import (
     InverseSquareRootSchedule,
     MaskedAccuracy,
@@ -79,9 +80,8 @@ def test_cosine_with_warmup_rises_then_decays():
 
 
 def test_loss_and_metric_train_a_model_with_fit(rng):
-    from keras_transformer_pipelines.synthetic import reversal_data
-
     from keras_transformer.models import Seq2SeqTransformer
+    from keras_transformer_pipelines.synthetic import reversal_data
 
     data = reversal_data(256, max_length=6, vocabulary_size=12)
     model = Seq2SeqTransformer(12, 12, 6, 7, hidden_dim=32, num_heads=4, intermediate_dim=64)

@@ -4,6 +4,7 @@ import json
 import logging
 
 import pytest
+
 from keras_transformer_pipelines.readers import (
     MalformedInputError,
     ReadReport,

@@ -1,0 +1,128 @@
+"""An English -> X parallel corpus built offline from the machine's gettext catalogs.
+
+Debian packages install message catalogs (``LC_MESSAGES/*.mo``) whose entries are real
+English user-interface messages and their human translations. This module reads them with
+Python's ``gettext``, keeps the entries that read as plain text (no format placeholders,
+markup, keyboard accelerators or plural forms), removes duplicates, and splits the pairs into
+train / valid / test by a hash of the English side, so a message never crosses splits and the
+split does not depend on which catalogs a machine has.
+
+    python -m keras_transformer_pipelines.gettext_corpus --language fr --output data/en-fr
+
+The catalogs keep their packages' licences (mostly GPL/LGPL); nothing is shipped with this
+project, the corpus is rebuilt from the machine it runs on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gettext
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+DEFAULT_LOCALE_DIRS = ("/usr/share/locale", "/usr/share/locale-langpack")
+SPLITS = {"train": 0.9, "valid": 0.05, "test": 0.05}
+
+# printf / Python / shell / brace placeholders, markup and entities, accelerators, escapes.
+_PLACEHOLDER = re.compile(
+    r"%(\(\w+\))?[-+ #0]*\d*(\.\d+)?[hlLqjzt]*[diouxXeEfgGcrsaAp%]"
+    r"|\{[\w.:!]*\}|\$\{?\w+\}?|<[^>]+>|&\w+;|\\[nt]|[_&~][A-Za-z]|[\x00-\x1f]"
+)
+_WORDS = re.compile(r"[^\W\d_]+", re.UNICODE)
+
+
+def is_clean_text(message: str, min_words: int = 2, max_chars: int = 200) -> bool:
+    """Plain prose: a few words, no placeholders, markup, accelerators or line breaks."""
+    if not message or len(message) > max_chars or message != message.strip():
+        return False
+    if _PLACEHOLDER.search(message) or "\n" in message or "\t" in message:
+        return False
+    if message.startswith(("-", "--", "/")) or "  " in message:
+        return False  # command-line option help and column-aligned text
+    return len(_WORDS.findall(message)) >= min_words
+
+
+def catalog_pairs(path: str | Path) -> Iterator[tuple[str, str]]:
+    """Singular, context-free, translated entries of one ``.mo`` file."""
+    with open(path, "rb") as handle:
+        catalog = gettext.GNUTranslations(handle)
+    for source, target in catalog._catalog.items():  # noqa: SLF001 - the only public view is lookups
+        if not isinstance(source, str) or not source or "\x04" in source:
+            continue  # the header, plural forms (tuple keys) and msgctxt entries
+        if isinstance(target, str) and target and target != source:
+            yield source, target
+
+
+def find_catalogs(language: str, locale_dirs: Iterable[str] = DEFAULT_LOCALE_DIRS) -> list[Path]:
+    """Every ``<dir>/<language>/LC_MESSAGES/*.mo`` on this machine, sorted."""
+    found = []
+    for directory in locale_dirs:
+        found += Path(directory, language, "LC_MESSAGES").glob("*.mo")
+    return sorted(found)
+
+
+def split_of(source: str) -> str:
+    """``train``, ``valid`` or ``test``, from a stable hash of the English text."""
+    bucket = int.from_bytes(hashlib.sha256(source.encode("utf-8")).digest()[:8], "big") / 2**64
+    cumulative = 0.0
+    for name, share in SPLITS.items():
+        cumulative += share
+        if bucket < cumulative:
+            return name
+    return "test"
+
+
+def build_corpus(catalogs: Iterable[str | Path]) -> dict[str, list[tuple[str, str]]]:
+    """Clean, de-duplicated pairs per split; for a repeated English message the first
+    catalog's translation (in sorted path order) is kept."""
+    chosen: dict[str, str] = {}
+    for path in catalogs:
+        for source, target in catalog_pairs(path):
+            if source not in chosen and is_clean_text(source) and is_clean_text(target):
+                chosen[source] = target
+    splits: dict[str, list[tuple[str, str]]] = {name: [] for name in SPLITS}
+    for source in sorted(chosen):
+        splits[split_of(source)].append((source, chosen[source]))
+    return splits
+
+
+def write_corpus(
+    splits: dict[str, list[tuple[str, str]]],
+    output: str | Path,
+    catalogs: list[Path],
+    language: str,
+) -> dict:
+    """Write ``<split>.tsv`` files and a ``manifest.json``; returns the manifest."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    for name, pairs in splits.items():
+        with open(output / f"{name}.tsv", "w", encoding="utf-8") as handle:
+            handle.writelines(f"{source}\t{target}\n" for source, target in pairs)
+    manifest = {
+        "source_language": "en",
+        "target_language": language,
+        "pairs": {name: len(pairs) for name, pairs in splits.items()},
+        "catalogs": [str(path) for path in catalogs],
+        "licence": "each pair keeps the licence of the package whose catalog it came from",
+    }
+    (output / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--language", default="fr")
+    parser.add_argument("--output", required=True)
+    args = parser.parse_args(argv)
+    catalogs = find_catalogs(args.language)
+    if not catalogs:
+        raise SystemExit(f"error: no gettext catalogs for '{args.language}' on this machine")
+    manifest = write_corpus(build_corpus(catalogs), args.output, catalogs, args.language)
+    print(json.dumps(manifest["pairs"]))
+
+
+if __name__ == "__main__":
+    main()
