@@ -15,8 +15,13 @@ from keras_transformer.models import Seq2SeqTransformer
 from keras_transformer_pipelines.synthetic import masked_token_accuracy, reversal_data
 
 
-def train_reversal(epochs: int = 12, seed: int = 0, verbose: int = 2) -> dict:
-    """Train on 8,000 sequences and score teacher-forced token accuracy on 1,000 new ones."""
+def train_reversal(
+    epochs: int = 12, seed: int = 0, verbose: int = 2
+) -> tuple[Seq2SeqTransformer, dict]:
+    """Train on 8,000 sequences; score teacher-forced token accuracy on 1,000 new ones.
+
+    Returns the model and a dict of results.
+    """
     keras.utils.set_random_seed(seed)
     train = reversal_data(8000, seed=seed)
     test = reversal_data(1000, seed=seed + 1)
@@ -44,7 +49,7 @@ def train_reversal(epochs: int = 12, seed: int = 0, verbose: int = 2) -> dict:
     logits = model.predict(
         {key: test[key] for key in ("encoder_token_ids", "decoder_token_ids")}, verbose=0
     )
-    return {
+    return model, {
         "token_accuracy": masked_token_accuracy(logits, test["targets"]),
         "train_seconds": round(seconds, 1),
         "parameters": model.count_params(),
@@ -56,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    result = train_reversal(args.epochs, args.seed)
+    _, result = train_reversal(args.epochs, args.seed)
     print(
         f"reversal task: token accuracy {result['token_accuracy']:.4f} on 1,000 held-out "
         f"sequences after {result['train_seconds']} s of training"

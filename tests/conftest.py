@@ -16,3 +16,12 @@ def _seed():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def trained_reversal():
+    """A seq2seq model trained on the reversal task (about 45 s), shared by the tests."""
+    from keras_transformer_pipelines.reversal_demo import train_reversal
+
+    keras.utils.set_random_seed(0)
+    return train_reversal(epochs=8, verbose=0)

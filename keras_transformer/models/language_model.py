@@ -84,6 +84,7 @@ class TransformerLanguageModel(TransformerModelBase):
 
     def init_cache(self, batch_size: int, max_length: int | None = None):
         """A zero cache ``[B, L, 2, H_kv, max_length, head_dim]``."""
+        self.ensure_built()
         return self.decoder.init_cache(batch_size, max_length or self.sequence_length)
 
     def call_with_cache(

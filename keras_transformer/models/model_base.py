@@ -56,6 +56,12 @@ class TransformerModelBase(keras.Model):
         self.scale_embeddings = scale_embeddings
         self.sliding_window = sliding_window
 
+    def ensure_built(self) -> None:
+        """Build from the model's own configuration (needed before the cached-decoding API
+        is used on a model that has not been called yet)."""
+        if not self.built:
+            self.build()
+
     def _layer_kwargs(self) -> dict:
         return dict(
             num_heads=self.num_heads,

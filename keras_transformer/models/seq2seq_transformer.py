@@ -124,6 +124,7 @@ class Seq2SeqTransformer(TransformerModelBase):
             encoder_token_ids,
             self.encoder_sequence_length,
         )
+        self.ensure_built()
         padding_mask = ops.not_equal(encoder_token_ids, 0)
         x = self.encoder_embedding(encoder_token_ids, training=training)
         return self.encoder(x, padding_mask=padding_mask, training=training), padding_mask
@@ -134,6 +135,7 @@ class Seq2SeqTransformer(TransformerModelBase):
 
     def init_cache(self, batch_size: int, max_length: int | None = None):
         """A zero self-attention cache ``[B, L, 2, H_kv, max_length, head_dim]``."""
+        self.ensure_built()
         return self.decoder.init_cache(batch_size, max_length or self.decoder_sequence_length)
 
     def decode(
