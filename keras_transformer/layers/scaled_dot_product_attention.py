@@ -123,7 +123,7 @@ def attend(query, key, value, mask=None, dropout_rate=0.0, scale=None, training=
     )
     scores = ops.matmul(query, ops.swapaxes(key, -1, -2))
     scores = ops.reshape(scores, (batch, heads, query_length, key_length))
-    compute_dtype = scores.dtype
+    compute_dtype = keras.backend.standardize_dtype(scores.dtype)
     if compute_dtype in _HALF_DTYPES:
         scores = ops.cast(scores, "float32")  # softmax in float32 under mixed precision
     if mask is not None:
