@@ -29,6 +29,13 @@ TENSORFLOW = [
     "keras-hub>=0.32,<0.33",
     "tensorflow-model-optimization>=0.8.1,<0.9",
     "tf-keras>=2.21,<2.22",
+    # keras-hub's WordPiece and SentencePiece tokenizers run on tensorflow-text ops.
+    "tensorflow-text>=2.21,<2.22",
+    "sentencepiece>=0.2,<0.3",
+    "sacrebleu>=2.4,<3",
+    "matplotlib>=3.8",
+    "pyyaml>=6",
+    "tensorboard>=2.20",
 ]
 RUNTIME = ["ai-edge-litert>=2.3,<3"]
 

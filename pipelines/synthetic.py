@@ -41,3 +41,31 @@ def masked_token_accuracy(logits: np.ndarray, targets: np.ndarray) -> float:
     """Share of non-padding target positions where the argmax of ``logits`` is right."""
     real = targets != PAD
     return float(((np.argmax(logits, -1) == targets) & real).sum() / real.sum())
+
+
+WORDS = (
+    "red green blue cat dog bird tree house river stone light dark open close file "
+    "window door road sun moon"
+).split()
+
+
+def word_translation_pairs(
+    num_pairs: int, min_words: int = 2, max_words: int = 8, seed: int = 0
+) -> list[tuple[str, str]]:
+    """Text pairs for a toy translation: the words reversed and upper-cased, with a full stop.
+
+    ``"red cat open"`` -> ``"OPEN CAT RED."``: real text through a real tokenizer, small
+    enough to learn in seconds.
+    """
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for length in rng.integers(min_words, max_words + 1, num_pairs):
+        words = [WORDS[index] for index in rng.integers(0, len(WORDS), length)]
+        pairs.append((" ".join(words), " ".join(words[::-1]).upper() + "."))
+    return pairs
+
+
+def write_tsv(pairs: list[tuple[str, str]], path) -> None:
+    """One ``source<TAB>target`` line per pair."""
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.writelines(f"{source}\t{target}\n" for source, target in pairs)
