@@ -120,7 +120,9 @@ def prepare_for_fit(model: keras.Model) -> keras.Model:
     Returns ``model``.
     """
     strategy = model.distribute_strategy
-    if strategy.num_replicas_in_sync == len(strategy.extended.worker_devices):
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or (
+        strategy.num_replicas_in_sync == len(strategy.extended.worker_devices)
+    ):
         return model
     model._maybe_symbolic_build = types.MethodType(_local_symbolic_build, model)
     model.train_step = _with_rank_one_logs(model.train_step)
@@ -167,16 +169,10 @@ def is_chief(strategy: tf.distribute.Strategy | None = None) -> bool:
     ``TF_CONFIG``. The chief is task ``chief``, or worker 0 of a cluster without a chief;
     a process without ``TF_CONFIG`` (single worker) is the chief.
     """
-    resolver = getattr(strategy, "cluster_resolver", None) if strategy is not None else None
-    if resolver is not None and resolver.task_type is not None:
-        task_type, task_index = resolver.task_type, resolver.task_id
-        has_chief = "chief" in resolver.cluster_spec().as_dict()
-    else:
-        task = _task_from_tf_config(required=False)
-        if task is None:
-            return True
-        task_type, task_index = task
-        has_chief = "chief" in json.loads(os.environ["TF_CONFIG"])["cluster"]
+    task = _task(strategy)
+    if task is None:
+        return True
+    task_type, task_index, has_chief = task
     if task_type == "chief":
         return True
     return task_type == "worker" and task_index == 0 and not has_chief
@@ -191,8 +187,20 @@ def output_dir(directory: str, strategy: tf.distribute.Strategy | None = None) -
     """
     if is_chief(strategy):
         return directory
-    task_type, task_index = _task_from_tf_config(required=True)
+    task_type, task_index, _ = _task(strategy)
     return tempfile.mkdtemp(prefix=f"{task_type}_{task_index}_")
+
+
+def _task(strategy: tf.distribute.Strategy | None) -> tuple[str, int, bool] | None:
+    """``(task type, task index, whether the cluster has a chief)``, or None if no cluster."""
+    resolver = getattr(strategy, "cluster_resolver", None) if strategy is not None else None
+    if resolver is not None and resolver.task_type is not None:
+        has_chief = "chief" in resolver.cluster_spec().as_dict()
+        return resolver.task_type, resolver.task_id, has_chief
+    task = _task_from_tf_config(required=False)
+    if task is None:
+        return None
+    return *task, "chief" in json.loads(os.environ["TF_CONFIG"])["cluster"]
 
 
 def _task_from_tf_config(required: bool) -> tuple[str, int] | None:
@@ -215,7 +223,7 @@ def _task_from_tf_config(required: bool) -> tuple[str, int] | None:
     if not isinstance(cluster, dict) or not isinstance(task, dict):
         raise ValueError(f"TF_CONFIG needs a 'cluster' and a 'task' object, got {raw!r}")
     task_type, task_index = task.get("type"), task.get("index")
-    members = cluster.get(task_type)
+    members = cluster.get(task_type) if isinstance(task_type, str) else None
     if not isinstance(members, list) or not isinstance(task_index, int):
         raise ValueError(
             f"TF_CONFIG task {task!r} must name a job of its cluster ({', '.join(cluster)}) "

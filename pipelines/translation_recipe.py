@@ -28,7 +28,11 @@ from keras_transformer.models import Seq2SeqTransformer
 from keras_transformer_pipelines import gettext_corpus
 from keras_transformer_pipelines.config import Recipe
 from keras_transformer_pipelines.decoding import translate_ids
-from keras_transformer_pipelines.distribution import distribute_dataset, make_strategy
+from keras_transformer_pipelines.distribution import (
+    distribute_dataset,
+    make_strategy,
+    prepare_for_fit,
+)
 from keras_transformer_pipelines.distribution import output_dir as worker_output_dir
 from keras_transformer_pipelines.objectives import (
     InverseSquareRootSchedule,
@@ -208,12 +212,13 @@ def train(recipe: Recipe, callbacks: list[keras.callbacks.Callback] | None = Non
     training = recipe.training
     output = Path(recipe.output_dir)
     output.mkdir(parents=True, exist_ok=True)
+    # First: a multi-worker strategy must set up collectives before TensorFlow starts.
+    strategy = make_strategy(training.distribution)
     keras.utils.set_random_seed(training.seed)
     if training.deterministic:
         tf.config.experimental.enable_op_determinism()
     if training.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
-    strategy = make_strategy(training.distribution)
     # Non-chief workers write their copies where they do not clash with the chief's files.
     workdir = Path(worker_output_dir(str(output), strategy))
 
@@ -226,6 +231,7 @@ def train(recipe: Recipe, callbacks: list[keras.callbacks.Callback] | None = Non
     with strategy.scope():
         model = build_model(recipe, tokenizer.vocabulary_size())
         compile_model(model, recipe)
+    prepare_for_fit(model)
 
     data = recipe.data
     batching = {"max_tokens": data.max_tokens, "batch_size": data.batch_size}
@@ -359,7 +365,10 @@ class Translator:
 
     def _text(self, row: np.ndarray) -> str:
         ids = [int(token) for token in row if token not in (PAD_ID, END_ID)]
-        return str(self.tokenizer.detokenize([ids])[0].numpy().decode("utf-8")) if ids else ""
+        if not ids:
+            return ""
+        text = self.tokenizer.detokenize([ids])[0]
+        return text if isinstance(text, str) else text.numpy().decode("utf-8")
 
 
 def translator_for(recipe: Recipe, which: str = "best") -> Translator:
