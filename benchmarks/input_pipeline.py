@@ -73,7 +73,17 @@ def measure(recipe, tokenizer, pairs, steps: int, warmup_steps: int, **batching)
         dataset().skip(warmup_steps), epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[timer]
     )
     real, slots = token_counts(dataset(), warmup_steps, steps)
+    # The pipeline alone, warm (cached): how many batches per second it can hand to fit.
+    iterator = iter(dataset())
+    for _ in range(warmup_steps):
+        next(iterator)
+    started = time.perf_counter()
+    for _ in range(steps):
+        next(iterator)
+    pipeline_seconds = time.perf_counter() - started
     return {
+        "input_batches_per_s": steps / pipeline_seconds,
+        "train_steps_per_s": steps / timer.seconds,
         "nonpad_tokens_per_s": real / timer.seconds,
         "padding_fraction": 1.0 - real / slots,
         "seconds": timer.seconds,
@@ -110,6 +120,10 @@ def main(argv: list[str] | None = None) -> None:
                 "padding_fraction_bucketed": round(bucketed["padding_fraction"], 3),
                 "padding_fraction_padded": round(padded["padding_fraction"], 3),
                 "tokens_per_batch": max_tokens,
+                # Input is not the bottleneck when it outpaces training many times over.
+                "input_over_train_speed": round(
+                    bucketed["input_batches_per_s"] / bucketed["train_steps_per_s"], 1
+                ),
                 "steps": args.steps,
             }
         )

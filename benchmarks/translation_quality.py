@@ -35,6 +35,7 @@ import tensorflow as tf  # noqa: E402
 from keras_transformer_pipelines import translation_recipe  # noqa: E402
 from keras_transformer_pipelines.config import load_recipe  # noqa: E402
 from keras_transformer_pipelines.metrics import bleu, chrf  # noqa: E402
+from keras_transformer_pipelines.training import TimeBudget  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,7 +77,7 @@ def peer_model(source_vocabulary: int, target_vocabulary: int) -> keras.Model:
     return keras.Model([encoder_inputs, decoder_inputs], outputs, name="peer_transformer")
 
 
-def run_peer(train_pairs, test_pairs, budget_s: float) -> dict:
+def run_peer(train_pairs, test_pairs, budget_s: float, work_dir: Path) -> dict:
     keras.utils.set_random_seed(0)
     source_tokenizer = peer_tokenizer([s for s, _ in train_pairs])
     target_tokenizer = peer_tokenizer([t for _, t in train_pairs])
@@ -110,10 +111,11 @@ def run_peer(train_pairs, test_pairs, budget_s: float) -> dict:
         dataset.repeat(),
         epochs=10_000,
         steps_per_epoch=len(train_pairs) // PEER["batch_size"],
-        callbacks=[translation_recipe.TimeBudget(budget_s)],
+        callbacks=[TimeBudget(budget_s)],
         verbose=2,
     )
     train_seconds = time.perf_counter() - started
+    model.save(work_dir / "peer.keras")  # kept, should decoding fail
 
     @tf.function(reduce_retracing=True)
     def generate(source_ids):
@@ -136,8 +138,8 @@ def run_peer(train_pairs, test_pairs, budget_s: float) -> dict:
         chunk = test_sources[begin : begin + PEER["batch_size"]]
         source_ids = source_packer(source_tokenizer(tf.constant(chunk)))
         tokens = generate(source_ids)
-        for text in target_tokenizer.detokenize(tokens).numpy():
-            text = text.decode("utf-8")
+        for text in target_tokenizer.detokenize(tokens):
+            text = text if isinstance(text, str) else text.numpy().decode("utf-8")
             for special in ("[PAD]", "[START]", "[END]"):
                 text = text.replace(special, "")
             hypotheses.append(text.strip())
@@ -174,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recipe", default=str(ROOT / "recipes" / "en-fr.yaml"))
     parser.add_argument("--only", choices=("ours", "peer"), help="run one side only")
     args = parser.parse_args(argv)
-    work_dir = Path(args.work_dir)
+    work_dir = Path(args.work_dir).resolve()
 
     # Both sides read the same corpus files: our recipe builds them, the peer reads them.
     recipe = load_recipe(args.recipe, {"output_dir": str(work_dir / "ours")})
@@ -190,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         report["ours_chrf"] = round(chrf(ours_hypotheses, references), 2)
         report["ours"] = {k: ours[k] for k in ("steps", "train_seconds", "parameters")}
     if args.only != "ours":
-        peer = run_peer(train_pairs, test_pairs, args.budget_s)
+        peer = run_peer(train_pairs, test_pairs, args.budget_s, work_dir)
         report["peer_bleu"] = round(bleu(peer["hypotheses"], references), 2)
         report["peer_chrf"] = round(chrf(peer["hypotheses"], references), 2)
         report["peer"] = {k: peer[k] for k in ("steps", "train_seconds", "parameters")}

@@ -1,11 +1,16 @@
-"""Command line for the recipes: ``train``, ``evaluate`` and ``translate``.
+"""Command line for the recipes: ``train``, ``evaluate``, ``predict``, ``translate``, ``visualize``.
 
     python -m keras_transformer_pipelines train recipes/en-fr.yaml [-o training.train_steps=400]
     python -m keras_transformer_pipelines evaluate recipes/en-fr.yaml [--limit 200]
     echo "Open the file" | python -m keras_transformer_pipelines translate recipes/en-fr.yaml
+    python -m keras_transformer_pipelines visualize recipes/en-fr.yaml "Save the file"
+    echo "Enregistrer le" | python -m keras_transformer_pipelines predict recipes/lm-fr.yaml
 
+``train``, ``evaluate`` and ``predict`` serve every task (``task`` in the recipe: translation,
+classification, tagging, language_model); ``translate`` and ``visualize`` are translation's.
 Exit codes: 0 done, 2 bad usage or a bad recipe/input (one line on stderr), 1 anything else.
-The work itself lives in ``translation_recipe.py``; this module only parses and reports.
+The work itself lives in ``translation_recipe.py`` and ``task_recipes.py``; this module only
+parses and reports.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import sys
 from keras_transformer_pipelines.config import ConfigError, load_recipe, parse_override
 
 EXIT_BAD_INPUT = 2
+TRANSLATION_ONLY = ("translate", "visualize")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,14 +45,34 @@ def _parser() -> argparse.ArgumentParser:
         return sub
 
     command("train", "Train the recipe's model (resumes after an interruption).")
-    evaluate = command("evaluate", "Translate the test split and score BLEU and chrF.")
+    evaluate = command(
+        "evaluate",
+        "Score the test split: BLEU and chrF, accuracy and macro-F1, entity F1, or perplexity.",
+    )
     evaluate.add_argument("--model", choices=("best", "model"), default="best")
-    evaluate.add_argument("--limit", type=int, help="score only the first N test pairs")
+    evaluate.add_argument("--limit", type=int, help="score only the first N test examples")
+    predict = command(
+        "predict",
+        "One line out per line in (stdin or --input): a label, tags, a continuation or a "
+        "translation.",
+    )
+    predict.add_argument("--input", help="a text file, one example per line")
+    predict.add_argument("--model", choices=("best", "model"), default="best")
     translate = command("translate", "Translate lines of text (stdin or --input) to stdout.")
     translate.add_argument("--input", help="a text file, one sentence per line")
     translate.add_argument("--model", choices=("best", "model"), default="best")
     translate.add_argument("--beam-size", type=int)
+    visualize = command("visualize", "Translate one sentence and save attention heatmaps (PNG).")
+    visualize.add_argument("sentence")
+    visualize.add_argument("--output", help="folder for the PNG files (default: <run>/attention)")
+    visualize.add_argument("--model", choices=("best", "model"), default="best")
     return parser
+
+
+def _input_lines(path: str | None) -> list[str]:
+    source = open(path, encoding="utf-8") if path else sys.stdin
+    with source:
+        return [line.rstrip("\n") for line in source]
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -57,23 +83,34 @@ def run(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if args.command in TRANSLATION_ONLY and recipe.task != "translation":
+        print(
+            f"error: {args.command} is for translation recipes; {args.recipe} is a {recipe.task} "
+            "recipe (use predict)",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
 
     # TensorFlow loads only once the recipe is known to be good: errors stay fast.
-    from keras_transformer_pipelines import translation_recipe
+    from keras_transformer_pipelines import task_recipes, translation_recipe
 
+    recipes = translation_recipe if recipe.task == "translation" else task_recipes
     try:
         if args.command == "train":
-            print(json.dumps(translation_recipe.train(recipe)))
+            print(json.dumps(recipes.train(recipe)))
         elif args.command == "evaluate":
-            print(json.dumps(translation_recipe.evaluate(recipe, args.model, args.limit)))
+            print(json.dumps(recipes.evaluate(recipe, args.model, args.limit)))
+        elif args.command == "visualize":
+            result = translation_recipe.visualize(recipe, args.sentence, args.output, args.model)
+            print(json.dumps(result, ensure_ascii=False))
+        elif args.command == "predict" and recipe.task != "translation":
+            for text in task_recipes.predict(recipe, _input_lines(args.input), args.model):
+                print(text)
         else:
-            if args.beam_size:
+            if getattr(args, "beam_size", None):
                 recipe.decoding.beam_size = args.beam_size
             translator = translation_recipe.translator_for(recipe, args.model)
-            source = open(args.input, encoding="utf-8") if args.input else sys.stdin
-            with source:
-                lines = [line.rstrip("\n") for line in source]
-            for text in translator(lines):
+            for text in translator(_input_lines(args.input)):
                 print(text)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)

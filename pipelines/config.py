@@ -1,17 +1,20 @@
 """Training recipes as YAML or JSON files, read into typed, checked dataclasses.
 
-A recipe has five sections; every key is optional and has the default shown in the classes
+A recipe has up to six sections; every key is optional and has the default shown in the classes
 below. An unknown key or a value of the wrong type is a one-line ``ConfigError`` that names
 the file and the key, so a typo never silently falls back to a default.
 
+    task: translation  # or classification, tagging, language_model
     output_dir: runs/en-fr
     data: {corpus: "gettext:fr", max_source_length: 64, max_target_length: 64, max_tokens: 4096}
     tokenizer: {kind: sentencepiece, vocabulary_size: 6000}
     model: {hidden_dim: 256, num_heads: 4, num_encoder_layers: 3, num_decoder_layers: 3}
     training: {train_steps: 6000, steps_per_checkpoint: 200, schedule: inverse_sqrt}
     decoding: {beam_size: 4, length_penalty: 0.6}
+    distillation: {teacher: runs/en-fr-big, temperature: 2.0, alpha: 0.5}   # optional
 
-Relative paths in a recipe are relative to the recipe file.
+Relative paths in a recipe file are relative to that file; in overrides, to the working
+directory.
 """
 
 from __future__ import annotations
@@ -35,11 +38,16 @@ class DataConfig:
     """Where the text comes from and how it is cut and batched."""
 
     corpus: str | None = None  # "gettext:<lang>": built offline into <output_dir>/data
-    train: str | None = None  # TSV paths, used when corpus is not given
+    # Used when corpus is not given: TSV (translation), JSONL or CSV (classification), CoNLL
+    # columns (tagging), plain text with one example a line (language_model).
+    train: str | None = None
     valid: str | None = None
     test: str | None = None
     max_source_length: int = 64
     max_target_length: int = 64
+    max_length: int = 128  # single-sequence tasks: tokens per example, start/end included
+    text_field: str = "text"  # classification: the JSONL key or CSV column of the text
+    label_field: str = "label"  # ... and of the label
     max_tokens: int | None = 4096  # token budget per batch (length bucketing)
     batch_size: int | None = None  # or a fixed batch padded to the maximum lengths
     strict: bool = False  # reject (instead of skip and report) malformed lines
@@ -47,17 +55,23 @@ class DataConfig:
 
 @dataclass
 class TokenizerConfig:
-    kind: str = "sentencepiece"
+    kind: str = "sentencepiece"  # classification and tagging recipes default to "wordpiece"
     vocabulary_size: int = 6000
     lowercase: bool = False
 
 
 @dataclass
 class ModelConfig:
-    """Arguments of ``Seq2SeqTransformer`` (the vocabulary and lengths come from data)."""
+    """The model's arguments (the vocabulary and lengths come from data).
+
+    ``num_encoder_layers``/``num_decoder_layers`` are the translation model's depths,
+    ``num_layers`` the depth of the classifiers' encoder and of the language model.
+    """
 
     num_encoder_layers: int = 3
     num_decoder_layers: int = 3
+    num_layers: int = 2
+    pooling: str = "mean"  # classification: "mean", "max" or "first" (the start token)
     hidden_dim: int = 256
     num_heads: int = 4
     intermediate_dim: int = 1024
@@ -92,30 +106,55 @@ class TrainingConfig:
 class DecodingConfig:
     beam_size: int = 4
     length_penalty: float = 0.6
-    max_length: int | None = None  # default: the model's max_target_length
+    max_length: int | None = None  # default: the model's max_target_length (LM: its context)
     batch_size: int = 64
+    sampler: str = "greedy"  # language_model: "greedy" or "top_k" (keras-nlp samplers)
+    top_k: int = 10
+
+
+@dataclass
+class DistillationConfig:
+    """Train this recipe's (smaller) model as a student of a finished run's model."""
+
+    teacher: str | None = None  # the teacher run's output_dir; its tokenizer is reused
+    temperature: float = 2.0
+    alpha: float = 0.5  # weight of the hard-label loss; 1 - alpha on the teacher's outputs
 
 
 @dataclass
 class Recipe:
+    task: str = "translation"
     output_dir: str = "runs/translation"
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    distillation: DistillationConfig = field(default_factory=DistillationConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
+TASKS = ("translation", "classification", "tagging", "language_model")
 _CHOICES = {
+    ("", "task"): TASKS,
     ("tokenizer", "kind"): ("sentencepiece", "wordpiece"),
     ("training", "schedule"): ("inverse_sqrt", "cosine"),
     ("training", "distribution"): ("default", "mirrored", "multi_worker"),
     ("model", "position_encoding"): ("learned", "sinusoidal", "rotary", "none"),
+    ("model", "pooling"): ("mean", "max", "first"),
+    ("decoding", "sampler"): ("greedy", "top_k"),
 }
-_PATH_KEYS = {("data", "train"), ("data", "valid"), ("data", "test"), ("", "output_dir")}
+# Classification and tagging never generate text, so WordPiece serves unless a recipe says.
+_DEFAULT_TOKENIZER = {"classification": "wordpiece", "tagging": "wordpiece"}
+_PATH_KEYS = {
+    ("data", "train"),
+    ("data", "valid"),
+    ("data", "test"),
+    ("", "output_dir"),
+    ("distillation", "teacher"),
+}
 
 
 def _accepts(annotation, value) -> bool:
@@ -170,7 +209,36 @@ def recipe_from_dict(values: dict, where: str = "recipe", base: Path | None = No
         raise ConfigError(f"{where}: data.corpus must look like 'gettext:fr', got {data.corpus!r}")
     if recipe.training.train_steps < recipe.training.steps_per_checkpoint:
         raise ConfigError(f"{where}: training.train_steps must be >= steps_per_checkpoint")
+    if recipe.task != "translation":
+        _check_single_sequence_task(recipe, where)
+        if "kind" not in (values.get("tokenizer") or {}):
+            recipe.tokenizer.kind = _DEFAULT_TOKENIZER.get(recipe.task, recipe.tokenizer.kind)
     return recipe
+
+
+def _check_single_sequence_task(recipe: Recipe, where: str) -> None:
+    """The keys that classification, tagging and language modelling read, checked."""
+    data, task = recipe.data, recipe.task
+    if data.corpus is not None and task != "language_model":
+        raise ConfigError(
+            f"{where}: data.corpus is for translation and language_model recipes; "
+            f"a {task} recipe reads data.train"
+        )
+    if recipe.distillation.teacher is not None:
+        raise ConfigError(f"{where}: distillation is for translation recipes, not {task}")
+    if data.max_length < 2:
+        raise ConfigError(f"{where}: data.max_length must be >= 2, got {data.max_length}")
+    if data.max_tokens is not None and data.max_tokens < data.max_length:
+        raise ConfigError(
+            f"{where}: data.max_tokens={data.max_tokens} cannot hold one example of "
+            f"data.max_length={data.max_length}"
+        )
+    if recipe.model.num_layers < 1:
+        raise ConfigError(f"{where}: model.num_layers must be >= 1, got {recipe.model.num_layers}")
+    if task == "classification" and not (data.text_field and data.label_field):
+        raise ConfigError(f"{where}: data.text_field and data.label_field must not be empty")
+    if recipe.decoding.top_k < 1:
+        raise ConfigError(f"{where}: decoding.top_k must be >= 1, got {recipe.decoding.top_k}")
 
 
 def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
@@ -189,6 +257,8 @@ def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
         raise ConfigError(f"{path}: a recipe must be a mapping of sections")
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.rpartition(".")
+        if (section, key) in _PATH_KEYS and isinstance(value, str):
+            value = str(Path(value).resolve())  # paths given on a command line: from the cwd
         target = values.setdefault(section, {}) if section else values
         target[key] = value
     return recipe_from_dict(values, str(path), path.parent)

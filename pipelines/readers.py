@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,3 +159,21 @@ def read_text(
         if line.strip():
             report.records += 1
             yield line.strip()
+
+
+def read_all(
+    reader: Callable[..., Iterator], path: str | Path, strict: bool = False, **options
+) -> tuple[list, ReadReport]:
+    """Every record ``reader`` (one of the above) yields from ``path``, and its report.
+
+    A missing file is a ``FileNotFoundError``; skipped lines are counted in one warning
+    besides their own, so a run's log says how much of a file it could not use.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    report = ReadReport(str(path))
+    records = list(reader(path, strict=strict, report=report, **options))
+    if report.skipped:
+        logger.warning("%s: skipped %d malformed line(s)", path, len(report.skipped))
+    return records, report

@@ -1,6 +1,9 @@
-"""Synthetic seq2seq tasks built offline: data for tests, demos and benchmarks."""
+"""Synthetic tasks built offline (seq2seq, classification, tagging, language modelling): data
+for tests, demos and benchmarks."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 
@@ -69,3 +72,87 @@ def write_tsv(pairs: list[tuple[str, str]], path) -> None:
     """One ``source<TAB>target`` line per pair."""
     with open(path, "w", encoding="utf-8") as handle:
         handle.writelines(f"{source}\t{target}\n" for source, target in pairs)
+
+
+# Toy data for the single-sequence tasks, in the same small vocabulary.
+COLOURS, ANIMALS, SHADES = ("red", "green", "blue"), ("cat", "dog", "bird"), ("light", "dark")
+TOPICS = {"colour": COLOURS, "animal": ANIMALS, "nature": ("tree", "river", "stone", "sun", "moon")}
+NEUTRAL = ("house", "open", "close", "file", "window", "door", "road")
+
+
+def topic_sentences(num_sentences: int, seed: int = 0) -> list[tuple[str, str]]:
+    """``(text, topic)``: one or two words of a topic among neutral words.
+
+    ``"door red open"`` -> ``"colour"``; the topics are ``colour``, ``animal`` and ``nature``.
+    """
+    rng = np.random.default_rng(seed)
+    names = sorted(TOPICS)
+    examples = []
+    for _ in range(num_sentences):
+        topic = names[rng.integers(len(names))]
+        words = list(rng.choice(TOPICS[topic], rng.integers(1, 3)))
+        words += list(rng.choice(NEUTRAL, rng.integers(1, 5)))
+        examples.append((" ".join(rng.permutation(words)), topic))
+    return examples
+
+
+def entity_sentences(num_sentences: int, seed: int = 0) -> list[tuple[list[str], list[str]]]:
+    """``(words, BIO tags)`` for a toy NER: colours, with an optional shade, and animals.
+
+    ``"dark red"`` is ``B-COLOR I-COLOR`` but a shade alone is ``O`` (``"dark door"``), so a
+    tagger must read the next word; animals are ``B-ANIMAL``, other words ``O``.
+    """
+    rng = np.random.default_rng(seed)
+    vocabulary = {"other": NEUTRAL, "animal": ANIMALS, "colour": COLOURS, "shade": SHADES}
+    sentences = []
+    for _ in range(num_sentences):
+        kinds = rng.choice(list(vocabulary), rng.integers(2, 9), p=[0.35, 0.2, 0.25, 0.2])
+        words = [str(rng.choice(vocabulary[kind])) for kind in kinds]
+        sentences.append((words, entity_tags(words)))
+    return sentences
+
+
+def entity_tags(words: list[str]) -> list[str]:
+    """The toy NER's tags for ``words`` (see :func:`entity_sentences`)."""
+    tags = []
+    for index, word in enumerate(words):
+        after_shade = index > 0 and words[index - 1] in SHADES
+        before_colour = index + 1 < len(words) and words[index + 1] in COLOURS
+        if word in ANIMALS:
+            tags.append("B-ANIMAL")
+        elif word in COLOURS:
+            tags.append("I-COLOR" if after_shade else "B-COLOR")
+        else:
+            tags.append("B-COLOR" if word in SHADES and before_colour else "O")
+    return tags
+
+
+def word_cycles(num_lines: int, min_words: int = 3, max_words: int = 8, seed: int = 0) -> list[str]:
+    """Lines of a toy language: ``WORDS`` in their cyclic order from a random start.
+
+    ``"cat dog bird tree"``: every word after the first follows from the one before, so a
+    language model can do much better than word frequencies.
+    """
+    rng = np.random.default_rng(seed)
+    lines = []
+    for length in rng.integers(min_words, max_words + 1, num_lines):
+        start = rng.integers(len(WORDS))
+        lines.append(" ".join(WORDS[(start + i) % len(WORDS)] for i in range(length)))
+    return lines
+
+
+def write_jsonl(
+    examples: list[tuple[str, str]], path, text_field: str = "text", label_field: str = "label"
+) -> None:
+    """One JSON object a line: ``{"text": ..., "label": ...}``."""
+    with open(path, "w", encoding="utf-8") as handle:
+        for text, label in examples:
+            handle.write(json.dumps({text_field: text, label_field: label}) + "\n")
+
+
+def write_conll(sentences: list[tuple[list[str], list[str]]], path) -> None:
+    """``word tag`` lines, a blank line after each sentence."""
+    with open(path, "w", encoding="utf-8") as handle:
+        for words, tags in sentences:
+            handle.writelines(f"{word} {tag}\n" for word, tag in zip(words, tags, strict=True))
+            handle.write("\n")

@@ -112,6 +112,19 @@ def train_tokenizer(
     )
 
 
+def refreshed(tokenizer):
+    """A SentencePiece tokenizer with a new TensorFlow op; other tokenizers as they are.
+
+    tensorflow-text's SentencePiece model lives in a kernel-owned resource, and
+    ``tf.random.set_seed`` (so ``keras.utils.set_random_seed``) clears the kernel cache in
+    eager mode, which deletes it: a tokenizer made before seeding fails with "Resource
+    ..._SentencepieceOp... does not exist". Pipelines build their own copy when they start.
+    """
+    if isinstance(tokenizer, keras_nlp.tokenizers.SentencePieceTokenizer):
+        return keras_nlp.tokenizers.SentencePieceTokenizer(proto=tokenizer.proto)
+    return tokenizer
+
+
 def tokenizer_kind(tokenizer) -> str:
     if isinstance(tokenizer, keras_nlp.tokenizers.SentencePieceTokenizer):
         return "sentencepiece"

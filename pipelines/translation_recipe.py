@@ -1,16 +1,13 @@
 """The translation recipe: data -> tokenizer -> Seq2SeqTransformer trained with ``fit`` ->
 BLEU/chrF on the test split. Driven by a :class:`~keras_transformer_pipelines.config.Recipe`.
 
-What a run leaves in ``output_dir``::
+What a run leaves in ``output_dir``, besides the runner's files (``training.py``)::
 
     data/            the corpus, when built from gettext catalogs
     tokenizer/       the vocabulary, as plain files (tokenizers.py)
-    backup/          Keras BackupAndRestore state while training (resume after a kill)
-    best.keras       the model with the best validation loss
-    model.keras      the final model
-    logs/            TensorBoard; history.csv the per-checkpoint metrics
     recipe.json      the recipe as run
     evaluation.json  and hypotheses.txt, after ``evaluate``
+    attention/       heatmaps, after ``visualize``
 """
 
 from __future__ import annotations
@@ -28,72 +25,21 @@ from keras_transformer.models import Seq2SeqTransformer
 from keras_transformer_pipelines import gettext_corpus
 from keras_transformer_pipelines.config import Recipe
 from keras_transformer_pipelines.decoding import translate_ids
-from keras_transformer_pipelines.distribution import (
-    distribute_dataset,
-    make_strategy,
-    prepare_for_fit,
-)
-from keras_transformer_pipelines.distribution import output_dir as worker_output_dir
-from keras_transformer_pipelines.objectives import (
-    InverseSquareRootSchedule,
-    MaskedAccuracy,
-    MaskedSparseCrossentropy,
-    cosine_with_warmup,
-)
-from keras_transformer_pipelines.readers import ReadReport, read_parallel_tsv
+from keras_transformer_pipelines.distillation import Distiller
+from keras_transformer_pipelines.objectives import MaskedAccuracy, MaskedSparseCrossentropy
+from keras_transformer_pipelines.readers import read_all, read_parallel_tsv
 from keras_transformer_pipelines.tokenizers import (
     END_ID,
     PAD_ID,
+    START_ID,
     load_tokenizer,
     save_tokenizer,
     train_tokenizer,
 )
+from keras_transformer_pipelines.training import build_optimizer, fit_recipe, load_model, start_run
 from keras_transformer_pipelines.translation_data import translation_dataset
 
 logger = logging.getLogger(__name__)
-
-
-class TimeBudget(keras.callbacks.Callback):
-    """Stop ``fit`` after ``seconds`` of training (checked after every step)."""
-
-    def __init__(self, seconds: float):
-        super().__init__()
-        self.seconds = seconds
-
-    def on_train_begin(self, logs=None):
-        self.started = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        if time.perf_counter() - self.started > self.seconds:
-            self.model.stop_training = True
-
-
-class BackupWithRandomState(keras.callbacks.BackupAndRestore):
-    """Keras's BackupAndRestore, plus the random-number state of dropout.
-
-    ``save_weights`` keeps weights and optimizer state but not the layers' seed generators,
-    so a resumed run would draw other dropout masks than the run it replaces. Saving their
-    states beside the backup at each checkpoint makes the resumed run the same run.
-    """
-
-    def _random_state(self) -> list:
-        return [v for v in self.model.variables if "seed_generator_state" in v.path]
-
-    def _state_path(self) -> Path:
-        return Path(self.backup_dir) / "random_state.npz"
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        if self._state_path().is_file():
-            saved = np.load(self._state_path())
-            for index, variable in enumerate(self._random_state()):
-                variable.assign(saved[str(index)])
-
-    def on_epoch_end(self, epoch, logs=None):
-        super().on_epoch_end(epoch, logs)
-        if self.save_freq == "epoch":
-            states = {str(i): np.asarray(v) for i, v in enumerate(self._random_state())}
-            np.savez(self._state_path(), **states)
 
 
 def split_paths(recipe: Recipe) -> dict[str, Path]:
@@ -114,13 +60,7 @@ def split_paths(recipe: Recipe) -> dict[str, Path]:
 
 
 def read_pairs(path: Path, strict: bool) -> list[tuple[str, str]]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    report = ReadReport(str(path))
-    pairs = list(read_parallel_tsv(path, strict=strict, report=report))
-    if report.skipped:
-        logger.warning("%s: skipped %d malformed line(s)", path, len(report.skipped))
-    return pairs
+    return read_all(read_parallel_tsv, path, strict)[0]
 
 
 def tokenizer_for(recipe: Recipe, train_pairs: list[tuple[str, str]]):
@@ -162,153 +102,76 @@ def build_model(recipe: Recipe, vocabulary_size: int) -> Seq2SeqTransformer:
     return model
 
 
-def build_optimizer(recipe: Recipe) -> keras.optimizers.Optimizer:
-    training = recipe.training
-    if training.schedule == "inverse_sqrt":
-        # Scaled so that the peak, at warmup_steps, is training.learning_rate.
-        scale = training.learning_rate * (recipe.model.hidden_dim * training.warmup_steps) ** 0.5
-        schedule = InverseSquareRootSchedule(recipe.model.hidden_dim, training.warmup_steps, scale)
-    else:
-        schedule = cosine_with_warmup(
-            training.learning_rate, training.warmup_steps, training.train_steps, 0.05
-        )
-    return keras.optimizers.AdamW(
-        learning_rate=schedule,
-        weight_decay=training.weight_decay,
-        beta_1=0.9,
-        beta_2=0.98,
-        epsilon=1e-9,
-        clipnorm=training.clipnorm,
-    )
-
-
-def compile_model(model: keras.Model, recipe: Recipe) -> None:
+def compile_model(model: keras.Model, recipe: Recipe, ignored_id: int = PAD_ID) -> None:
+    """AdamW, the label-smoothed loss and accuracy, both skipping labels ``ignored_id``."""
     model.compile(
         optimizer=build_optimizer(recipe),
-        loss=MaskedSparseCrossentropy(recipe.training.label_smoothing, PAD_ID),
-        metrics=[MaskedAccuracy(PAD_ID)],
+        loss=MaskedSparseCrossentropy(recipe.training.label_smoothing, ignored_id),
+        metrics=[MaskedAccuracy(ignored_id)],
     )
-
-
-def _restored_checkpoints(backup_dir: Path) -> int:
-    """How many checkpoint periods a killed run finished (0 for a fresh run).
-
-    BackupAndRestore restores weights, optimizer state and the epoch inside ``fit``; the input
-    pipeline must also resume where it was, so it skips the batches already trained on.
-    """
-    metadata = backup_dir / "training_metadata.json"
-    if not metadata.is_file():
-        return 0
-    return int(json.loads(metadata.read_text())["epoch"])
 
 
 def train(recipe: Recipe, callbacks: list[keras.callbacks.Callback] | None = None) -> dict:
     """Train the recipe's model; resumes from ``output_dir/backup`` after an interruption.
 
-    ``callbacks`` run after the recipe's own (backup first, so a checkpoint is written before
-    any of them sees the end of a period). Returns a summary: steps, seconds, final metrics.
+    ``callbacks`` are added to the runner's (see :func:`training.fit_recipe`). Returns a
+    summary: steps, seconds, the last value of each metric.
     """
-    extra_callbacks = list(callbacks or [])
-    training = recipe.training
-    output = Path(recipe.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    # First: a multi-worker strategy must set up collectives before TensorFlow starts.
-    strategy = make_strategy(training.distribution)
-    keras.utils.set_random_seed(training.seed)
-    if training.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    if training.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    # Non-chief workers write their copies where they do not clash with the chief's files.
-    workdir = Path(worker_output_dir(str(output), strategy))
-
+    strategy, workdir = start_run(recipe)
+    data = recipe.data
     paths = split_paths(recipe)
-    train_pairs = read_pairs(paths["train"], recipe.data.strict)
-    valid_pairs = read_pairs(paths["valid"], recipe.data.strict) if "valid" in paths else []
+    train_pairs = read_pairs(paths["train"], data.strict)
+    valid_pairs = read_pairs(paths["valid"], data.strict) if "valid" in paths else []
+    distillation = recipe.distillation
+    if distillation.teacher:  # the student must read the teacher's vocabulary
+        teacher_tokenizer = load_tokenizer(Path(distillation.teacher) / "tokenizer")
+        save_tokenizer(teacher_tokenizer, Path(recipe.output_dir) / "tokenizer")
     tokenizer = tokenizer_for(recipe, train_pairs)
-    (output / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2) + "\n")
-
     with strategy.scope():
         model = build_model(recipe, tokenizer.vocabulary_size())
+        if distillation.teacher:
+            model = Distiller(
+                model,
+                load_model(distillation.teacher, "model"),
+                distillation.temperature,
+                distillation.alpha,
+                padding_id=PAD_ID,
+            )
+            model.build()  # both models are built; BackupAndRestore needs a built model
         compile_model(model, recipe)
-    prepare_for_fit(model)
 
-    data = recipe.data
-    batching = {"max_tokens": data.max_tokens, "batch_size": data.batch_size}
-    done = _restored_checkpoints(workdir / "backup")
-
-    def train_input(input_context=None):
-        dataset = translation_dataset(
-            train_pairs,
+    def dataset(pairs, input_context=None, shuffle=False):
+        return translation_dataset(
+            pairs,
             tokenizer,
             data.max_source_length,
             data.max_target_length,
-            shuffle=True,
-            seed=training.seed,
+            max_tokens=data.max_tokens,
+            batch_size=data.batch_size,
+            shuffle=shuffle,
+            seed=recipe.training.seed,
             input_context=input_context,
-            **batching,
-        )
-        return dataset.repeat().skip(done * training.steps_per_checkpoint)
-
-    train_data = train_input()
-    if training.distribution == "multi_worker":
-        train_data = distribute_dataset(strategy, train_input)
-    valid_data = None
-    if valid_pairs:
-        valid_data = translation_dataset(
-            valid_pairs, tokenizer, data.max_source_length, data.max_target_length, **batching
         )
 
-    callbacks = [
-        BackupWithRandomState(workdir / "backup", save_freq="epoch"),
-        keras.callbacks.CSVLogger(str(workdir / "history.csv"), append=True),
-        keras.callbacks.TensorBoard(str(workdir / "logs"), update_freq="epoch"),
-    ]
-    monitor = "val_loss" if valid_data is not None else "loss"
-    callbacks.append(
-        keras.callbacks.ModelCheckpoint(str(workdir / "best.keras"), monitor, save_best_only=True)
+    summary = fit_recipe(
+        recipe,
+        strategy,
+        workdir,
+        model,
+        lambda input_context=None: dataset(train_pairs, input_context, shuffle=True),
+        dataset(valid_pairs) if valid_pairs else None,
+        callbacks,
     )
-    if training.early_stopping_patience:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(monitor, patience=training.early_stopping_patience)
-        )
-    if training.time_budget_s:
-        callbacks.append(TimeBudget(training.time_budget_s))
-    callbacks += extra_callbacks
-
-    started = time.perf_counter()
-    history = model.fit(
-        train_data,
-        epochs=training.train_steps // training.steps_per_checkpoint,
-        steps_per_epoch=training.steps_per_checkpoint,
-        validation_data=valid_data,
-        callbacks=callbacks,
-        shuffle=False,  # the pipeline shuffles
-        verbose=training.verbose,
-    )
-    seconds = time.perf_counter() - started
-    model.save(workdir / "model.keras")
-    summary = {
-        "steps": int(model.optimizer.iterations.numpy()),
-        "train_seconds": round(seconds, 1),
-        "parameters": model.count_params(),
+    return {
+        **summary,
         "vocabulary_size": tokenizer.vocabulary_size(),
         "train_pairs": len(train_pairs),
     }
-    for key, values in history.history.items():
-        summary[f"final_{key}"] = round(float(values[-1]), 4)
-    (workdir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
 
 
 def load_trained(output_dir: str | Path, which: str = "model") -> tuple[Seq2SeqTransformer, object]:
     """``(model, tokenizer)`` of a finished run (``which``: "model" or "best")."""
-    output = Path(output_dir)
-    path = output / f"{which}.keras"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no trained model; run `train` first")
-    model = keras.saving.load_model(path, compile=False)
-    return model, load_tokenizer(output / "tokenizer")
+    return load_model(output_dir, which), load_tokenizer(Path(output_dir) / "tokenizer")
 
 
 class Translator:
@@ -364,11 +227,16 @@ class Translator:
         return outputs
 
     def _text(self, row: np.ndarray) -> str:
-        ids = [int(token) for token in row if token not in (PAD_ID, END_ID)]
-        if not ids:
-            return ""
-        text = self.tokenizer.detokenize([ids])[0]
-        return text if isinstance(text, str) else text.numpy().decode("utf-8")
+        return ids_to_text(self.tokenizer, row)
+
+
+def ids_to_text(tokenizer, ids) -> str:
+    """The text of token ids, leaving out padding and the end token."""
+    ids = [int(token) for token in ids if token not in (PAD_ID, END_ID)]
+    if not ids:
+        return ""
+    text = tokenizer.detokenize([ids])[0]
+    return text if isinstance(text, str) else text.numpy().decode("utf-8")
 
 
 def translator_for(recipe: Recipe, which: str = "best") -> Translator:
@@ -407,3 +275,32 @@ def evaluate(recipe: Recipe, which: str = "best", limit: int | None = None) -> d
     (output / "hypotheses.txt").write_text("".join(h + "\n" for h in hypotheses), "utf-8")
     (output / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def visualize(
+    recipe: Recipe, sentence: str, output_dir: str | Path | None = None, which: str = "best"
+) -> dict:
+    """Translate ``sentence`` and save its attention heatmaps (PNG), pieces on the axes.
+
+    The decoder is fed its own translation (start token first), so the cross-attention rows
+    show, for each output piece, where in the source the model looked while writing it.
+    Returns the translation and the paths written.
+    """
+    from keras_transformer_pipelines.attention_maps import (
+        plot_attention_maps,
+        seq2seq_attention_maps,
+    )
+
+    translator = translator_for(recipe, which)
+    translation = translator([sentence])[0]
+    source = translator.ids([sentence])[0]
+    target = [START_ID] + [int(t) for t in translator.tokenizer([translation])[0]]
+    target = target[: translator.model.decoder_sequence_length]
+    maps = seq2seq_attention_maps(translator.model, source, np.asarray(target, np.int32))
+
+    def pieces(ids) -> list[str]:
+        return [translator.tokenizer.id_to_token(int(i)) for i in ids if int(i) != PAD_ID]
+
+    output_dir = Path(output_dir or Path(recipe.output_dir) / "attention")
+    paths = plot_attention_maps(maps, output_dir, pieces(source), pieces(target))
+    return {"source": sentence, "translation": translation, "files": paths}
