@@ -4,6 +4,7 @@ import json
 from collections import Counter
 
 import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
@@ -266,3 +267,34 @@ def test_cli_trains_evaluates_and_translates_a_toy_language(tmp_path, capsys):
     assert cli.run(["evaluate", str(student_recipe), "--model", "model"]) == 0
     student_scores = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert student_scores["bleu"] > 40, student_scores
+
+
+def test_mixed_precision_recipe_trains_with_float16_compute_and_float32_weights(tmp_path):
+    from keras_transformer_pipelines.config import recipe_from_dict
+    from keras_transformer_pipelines.training import load_model
+    from keras_transformer_pipelines.translation_recipe import train
+
+    write_tsv(word_translation_pairs(200, seed=0), tmp_path / "train.tsv")
+    recipe = recipe_from_dict(
+        {
+            "output_dir": str(tmp_path / "run"),
+            "data": {"train": str(tmp_path / "train.tsv"), "max_tokens": 256},
+            "tokenizer": {"vocabulary_size": 600},
+            "model": dict(TOY_MODEL, hidden_dim=32, num_encoder_layers=1, num_decoder_layers=1),
+            "training": {
+                "train_steps": 8,
+                "steps_per_checkpoint": 4,
+                "warmup_steps": 2,
+                "mixed_precision": True,
+                "verbose": 0,
+            },
+        }
+    )
+    try:
+        summary = train(recipe)
+        model = load_model(tmp_path / "run", "model")
+        assert model.dtype_policy.name == "mixed_float16"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert summary["steps"] == 8 and np.isfinite(summary["final_loss"])
+    assert all(weight.dtype == "float32" for weight in model.weights)
