@@ -1,10 +1,5 @@
-"""The KV-cache design converts: prefill and decode as TFLite signatures, builtin ops only.
-
-Issue 4 builds the real exporter in edge/; this guards the layer design it relies on:
-static cache shapes and a slice update at an index (DYNAMIC_UPDATE_SLICE), no Flex ops.
-"""
-
-import shutil
+"""KV-cache generation converts: prefill/encode and decode as TFLite signatures of one file,
+builtin ops only, matching the Keras model; quantized modes shrink the file; Flex is an error."""
 
 import keras
 import numpy as np
@@ -14,52 +9,26 @@ tf = pytest.importorskip("tensorflow")
 litert = pytest.importorskip("ai_edge_litert.interpreter")
 
 from keras_transformer.models import Seq2SeqTransformer, TransformerLanguageModel  # noqa: E402
+from keras_transformer_edge.convert import (  # noqa: E402
+    ConversionError,
+    convert,
+    language_model_endpoints,
+    op_names,
+    seq2seq_endpoints,
+)
 
 SMALL = dict(hidden_dim=32, num_heads=4, intermediate_dim=64, num_key_value_heads=2)
 
 
-def _convert(tmp_path, model, endpoints):
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    for name, (function, signature) in endpoints.items():
-        archive.add_endpoint(name, function, input_signature=signature)
-    shutil.rmtree(tmp_path / "saved", ignore_errors=True)
-    archive.write_out(str(tmp_path / "saved"), verbose=False)
-    converter = tf.lite.TFLiteConverter.from_saved_model(
-        str(tmp_path / "saved"), signature_keys=list(endpoints)
-    )
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # Flex is an error
-    return litert.Interpreter(model_content=converter.convert())
-
-
-def test_language_model_prefill_and_decode_signatures(tmp_path, rng):
+def test_language_model_prefill_and_decode_signatures(rng):
     model = TransformerLanguageModel(50, 16, **SMALL)
     ids = rng.integers(3, 50, (1, 10)).astype("int32")
     full = np.asarray(model(ids))
-    cache_spec = tf.TensorSpec(model.init_cache(1).shape, tf.float32)
-
-    def prefill(tokens, cache):
-        logits, cache = model.call_with_cache(tokens, cache, 0)
-        return {"logits": logits, "cache": cache}
-
-    def decode(token, cache, index):
-        logits, cache = model.call_with_cache(token, cache, index)
-        return {"logits": logits, "cache": cache}
-
-    interpreter = _convert(
-        tmp_path,
-        model,
-        {
-            "prefill": (prefill, [tf.TensorSpec((1, 4), tf.int32), cache_spec]),
-            "decode": (
-                decode,
-                [tf.TensorSpec((1, 1), tf.int32), cache_spec, tf.TensorSpec((), tf.int32)],
-            ),
-        },
-    )
-    out = interpreter.get_signature_runner("prefill")(
-        tokens=ids[:, :4], cache=np.zeros(cache_spec.shape, "float32")
-    )
+    flatbuffer = convert(model, language_model_endpoints(model, prefill_length=4))
+    interpreter = litert.Interpreter(model_content=flatbuffer)
+    assert set(interpreter.get_signature_list()) == {"prefill", "decode"}
+    cache = np.zeros(model.init_cache(1).shape, "float32")
+    out = interpreter.get_signature_runner("prefill")(tokens=ids[:, :4], cache=cache)
     logits, cache = [out["logits"]], out["cache"]
     step = interpreter.get_signature_runner("decode")
     for index in range(4, 10):
@@ -67,47 +36,15 @@ def test_language_model_prefill_and_decode_signatures(tmp_path, rng):
         logits.append(out["logits"])
         cache = out["cache"]
     np.testing.assert_allclose(np.concatenate(logits, 1), full, atol=1e-4)
+    assert "DYNAMIC_UPDATE_SLICE" in op_names(flatbuffer)
 
 
-def test_seq2seq_encode_and_decode_signatures(tmp_path, rng):
-    model = Seq2SeqTransformer(40, 40, 8, 6, **SMALL)
-    source = rng.integers(3, 40, (1, 8)).astype("int32")
-    source[0, 6:] = 0
-    target = rng.integers(3, 40, (1, 6)).astype("int32")
-    full = np.asarray(model({"encoder_token_ids": source, "decoder_token_ids": target}))
-    encoder_output, _ = model.encode(source)
-    cross_spec = tf.TensorSpec(model.cross_attention_cache(encoder_output).shape, tf.float32)
-    cache_spec = tf.TensorSpec(model.init_cache(1).shape, tf.float32)
-
-    def encode(source_ids):
-        output, mask = model.encode(source_ids)
-        return {"cross_attention_cache": model.cross_attention_cache(output), "source_mask": mask}
-
-    def decode(token, cache, index, cross_attention_cache, source_mask):
-        logits, cache = model.decode(token, cache, index, cross_attention_cache, source_mask)
-        return {"logits": logits, "cache": cache}
-
-    interpreter = _convert(
-        tmp_path,
-        model,
-        {
-            "encode": (encode, [tf.TensorSpec((1, 8), tf.int32)]),
-            "decode": (
-                decode,
-                [
-                    tf.TensorSpec((1, 1), tf.int32),
-                    cache_spec,
-                    tf.TensorSpec((), tf.int32),
-                    cross_spec,
-                    tf.TensorSpec((1, 8), tf.bool),
-                ],
-            ),
-        },
-    )
+def _seq2seq_logits(flatbuffer, model, source, target):
+    interpreter = litert.Interpreter(model_content=flatbuffer)
     encoded = interpreter.get_signature_runner("encode")(source_ids=source)
     step = interpreter.get_signature_runner("decode")
-    cache, logits = np.zeros(cache_spec.shape, "float32"), []
-    for index in range(6):
+    cache, logits = np.zeros(model.init_cache(1).shape, "float32"), []
+    for index in range(target.shape[1]):
         out = step(
             token=target[:, index : index + 1],
             cache=cache,
@@ -117,4 +54,36 @@ def test_seq2seq_encode_and_decode_signatures(tmp_path, rng):
         )
         logits.append(out["logits"])
         cache = out["cache"]
-    np.testing.assert_allclose(np.concatenate(logits, 1), full, atol=1e-4)
+    return np.concatenate(logits, 1)
+
+
+def test_seq2seq_encode_and_decode_signatures_in_every_mode(rng):
+    # Weights dominate the file at this size, as in real models.
+    model = Seq2SeqTransformer(1000, 1000, 8, 6, **dict(SMALL, hidden_dim=64, intermediate_dim=256))
+    source = rng.integers(3, 1000, (1, 8)).astype("int32")
+    source[0, 6:] = 0
+    target = rng.integers(3, 1000, (1, 6)).astype("int32")
+    full = np.asarray(model({"encoder_token_ids": source, "decoder_token_ids": target}))
+    endpoints = seq2seq_endpoints(model)
+    sizes = {}
+    for mode, tolerance in (("fp32", 1e-4), ("float16", 2e-2), ("dynamic_int8", 0.15)):
+        flatbuffer = convert(model, endpoints, mode)
+        sizes[mode] = len(flatbuffer)
+        logits = _seq2seq_logits(flatbuffer, model, source, target)
+        np.testing.assert_allclose(logits, full, atol=tolerance, err_msg=mode)
+        assert (logits.argmax(-1) == full.argmax(-1)).mean() >= 0.8, mode
+    assert sizes["float16"] < 0.6 * sizes["fp32"]
+    assert sizes["dynamic_int8"] < 0.4 * sizes["fp32"]
+
+
+def test_an_op_without_a_builtin_kernel_is_a_one_line_error():
+    inputs = keras.Input((3, 3))
+    outputs = keras.layers.Lambda(lambda x: tf.linalg.det(x))(inputs)
+    model = keras.Model(inputs, outputs)
+    endpoints = {"serve": (lambda x: model(x), [tf.TensorSpec((1, 3, 3), tf.float32)])}
+    with pytest.raises(ConversionError) as error:
+        convert(model, endpoints)
+    assert "\n" not in str(error.value)
+    assert "MatrixDeterminant" in str(error.value) or "Flex" in str(error.value)
+    with pytest.raises(ConversionError, match="unknown quantization mode"):
+        convert(model, endpoints, mode="int3")
