@@ -22,7 +22,12 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from keras_transformer.models import Seq2SeqTransformer, TransformerLanguageModel
+from keras_transformer.models import (
+    Seq2SeqTransformer,
+    SequenceClassifier,
+    TokenClassifier,
+    TransformerLanguageModel,
+)
 
 Endpoints = dict[str, tuple[Callable, list[tf.TensorSpec]]]
 MODES = ("fp32", "float16", "dynamic_int8")
@@ -32,13 +37,18 @@ class ConversionError(ValueError):
     """A model that cannot be converted as asked; the message is one line and names the cause."""
 
 
-def seq2seq_endpoints(model: Seq2SeqTransformer, batch_size: int = 1) -> Endpoints:
-    """``encode`` and ``decode`` signatures with static shapes for ``batch_size`` rows."""
+def seq2seq_endpoints(
+    model: Seq2SeqTransformer, batch_size: int = 1, beam_size: int = 1
+) -> Endpoints:
+    """``encode`` and ``decode`` signatures with static shapes for ``batch_size`` rows.
+
+    With ``beam_size > 1``, a ``decode_beam`` signature runs ``batch_size * beam_size`` rows,
+    so the host's beam search advances every beam in one call (weights shared in the file).
+    """
     model.ensure_built()
     source = tf.TensorSpec((batch_size, model.encoder_sequence_length), tf.int32)
     encoder_output, _ = model.encode(tf.zeros(source.shape, tf.int32))
-    cross = model.cross_attention_cache(encoder_output)
-    cache = model.init_cache(batch_size)
+    cross_shape = model.cross_attention_cache(encoder_output).shape[1:]
 
     def encode(source_ids):
         output, mask = model.encode(source_ids)
@@ -48,19 +58,32 @@ def seq2seq_endpoints(model: Seq2SeqTransformer, batch_size: int = 1) -> Endpoin
         logits, cache = model.decode(token, cache, index, cross_attention_cache, source_mask)
         return {"logits": logits, "cache": cache}
 
-    return {
-        "encode": (encode, [source]),
-        "decode": (
-            decode,
-            [
-                tf.TensorSpec((batch_size, 1), tf.int32),
-                tf.TensorSpec(cache.shape, tf.float32),
-                tf.TensorSpec((), tf.int32),
-                tf.TensorSpec(cross.shape, tf.float32),
-                tf.TensorSpec(source.shape, tf.bool),
-            ],
-        ),
-    }
+    def decode_signature(rows: int) -> list[tf.TensorSpec]:
+        return [
+            tf.TensorSpec((rows, 1), tf.int32),
+            tf.TensorSpec(model.init_cache(rows).shape, tf.float32),
+            tf.TensorSpec((), tf.int32),
+            tf.TensorSpec((rows, *cross_shape), tf.float32),
+            tf.TensorSpec((rows, source.shape[1]), tf.bool),
+        ]
+
+    endpoints = {"encode": (encode, [source]), "decode": (decode, decode_signature(batch_size))}
+    if beam_size > 1:
+        endpoints["decode_beam"] = (decode, decode_signature(batch_size * beam_size))
+    return endpoints
+
+
+def classifier_endpoints(
+    model: SequenceClassifier | TokenClassifier, batch_size: int = 1
+) -> Endpoints:
+    """``classify`` (class logits ``[B, C]``) or ``tag`` (per-token logits ``[B, T, tags]``)."""
+    model.ensure_built()
+    name = "tag" if isinstance(model, TokenClassifier) else "classify"
+
+    def run(token_ids):
+        return {"logits": model(token_ids)}
+
+    return {name: (run, [tf.TensorSpec((batch_size, model.sequence_length), tf.int32)])}
 
 
 def language_model_endpoints(

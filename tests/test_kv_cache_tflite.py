@@ -8,9 +8,15 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 litert = pytest.importorskip("ai_edge_litert.interpreter")
 
-from keras_transformer.models import Seq2SeqTransformer, TransformerLanguageModel  # noqa: E402
+from keras_transformer.models import (  # noqa: E402
+    Seq2SeqTransformer,
+    SequenceClassifier,
+    TokenClassifier,
+    TransformerLanguageModel,
+)
 from keras_transformer_edge.convert import (  # noqa: E402
     ConversionError,
+    classifier_endpoints,
     convert,
     language_model_endpoints,
     op_names,
@@ -87,3 +93,40 @@ def test_an_op_without_a_builtin_kernel_is_a_one_line_error():
     assert "MatrixDeterminant" in str(error.value) or "Flex" in str(error.value)
     with pytest.raises(ConversionError, match="unknown quantization mode"):
         convert(model, endpoints, mode="int3")
+
+
+def test_beam_signature_advances_every_beam_as_the_single_row_signature_does(rng):
+    model = Seq2SeqTransformer(100, 100, 8, 6, **SMALL)
+    source = rng.integers(3, 100, (1, 8)).astype("int32")
+    interpreter = litert.Interpreter(model_content=convert(model, seq2seq_endpoints(model, 1, 3)))
+    assert set(interpreter.get_signature_list()) == {"encode", "decode", "decode_beam"}
+    encoded = interpreter.get_signature_runner("encode")(source_ids=source)
+    tokens = np.array([[1], [5], [9]], "int32")
+    beam = interpreter.get_signature_runner("decode_beam")(
+        token=tokens,
+        cache=np.zeros(model.init_cache(3).shape, "float32"),
+        index=np.array(0, "int32"),
+        cross_attention_cache=np.repeat(encoded["cross_attention_cache"], 3, axis=0),
+        source_mask=np.repeat(encoded["source_mask"], 3, axis=0),
+    )
+    single = interpreter.get_signature_runner("decode")
+    for row in range(3):
+        out = single(
+            token=tokens[row : row + 1],
+            cache=np.zeros(model.init_cache(1).shape, "float32"),
+            index=np.array(0, "int32"),
+            **encoded,
+        )
+        np.testing.assert_allclose(beam["logits"][row], out["logits"][0], atol=1e-5)
+
+
+@pytest.mark.parametrize("model_class", [SequenceClassifier, TokenClassifier])
+def test_classifier_and_tagger_signatures_match_keras(model_class, rng):
+    model = model_class(100, 12, 3, **SMALL)
+    ids = rng.integers(3, 100, (1, 12)).astype("int32")
+    ids[0, 9:] = 0
+    endpoints = classifier_endpoints(model)
+    name = "tag" if model_class is TokenClassifier else "classify"
+    assert set(endpoints) == {name}
+    runner = litert.Interpreter(model_content=convert(model, endpoints)).get_signature_runner(name)
+    np.testing.assert_allclose(runner(token_ids=ids)["logits"], np.asarray(model(ids)), atol=1e-4)
