@@ -38,6 +38,10 @@ TENSORFLOW = [
     "tensorboard>=2.20",
 ]
 RUNTIME = ["ai-edge-litert>=2.3,<3"]
+# ONNX as a second target: tf2onnx converts, onnxruntime checks. tf2onnx 1.17 asks only
+# protobuf>=3.20, so it sits with TF 2.21's protobuf; onnxruntime >= 1.24 needs Python >= 3.11,
+# and pip picks an older one on 3.10.
+ONNX = ["tf2onnx>=1.17,<1.18", "onnx>=1.17,<2", "onnxruntime>=1.20,<2"]
 
 setup(
     name="keras-transformer",
@@ -55,8 +59,9 @@ setup(
         "keras": KERAS,
         "runtime": RUNTIME,
         "tensorflow": KERAS + TENSORFLOW,
-        "full": KERAS + TENSORFLOW + RUNTIME,
-        "dev": KERAS + TENSORFLOW + RUNTIME + ["jax>=0.4.30", "pytest>=8", "ruff>=0.6"],
+        "onnx": KERAS + TENSORFLOW + ONNX,
+        "full": KERAS + TENSORFLOW + RUNTIME + ONNX,
+        "dev": KERAS + TENSORFLOW + RUNTIME + ONNX + ["jax>=0.4.30", "pytest>=8", "ruff>=0.6"],
     },
     license="Apache-2.0",
 )
