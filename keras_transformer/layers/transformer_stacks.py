@@ -191,6 +191,12 @@ class TransformerDecoder(_Stack):
         if encoder_padding_mask is None:
             encoder_padding_mask = keras_mask_of(encoder_sequence)
         x, new_caches, all_scores = decoder_sequence, [], []
+        # Unstacked per layer rather than indexed: TFLite's strided slice (and so its
+        # calibrator, for full-integer quantization) stops at 5-D, the cache is 6-D.
+        layer_caches = [
+            None if cache is None else ops.unstack(cache, len(self.layers), axis=1)
+            for cache in (self_attention_cache, cross_attention_cache)
+        ]
         for index, layer in enumerate(self.layers):
             outputs = layer(
                 x,
@@ -200,12 +206,8 @@ class TransformerDecoder(_Stack):
                 decoder_attention_mask=decoder_attention_mask,
                 encoder_attention_mask=encoder_attention_mask,
                 use_causal_mask=use_causal_mask,
-                self_attention_cache=(
-                    None if self_attention_cache is None else self_attention_cache[:, index]
-                ),
-                cross_attention_cache=(
-                    None if cross_attention_cache is None else cross_attention_cache[:, index]
-                ),
+                self_attention_cache=layer_caches[0] and layer_caches[0][index],
+                cross_attention_cache=layer_caches[1] and layer_caches[1][index],
                 cache_index=cache_index,
                 return_attention_scores=True,
                 training=training,

@@ -1,0 +1,239 @@
+"""Calibrated post-training quantization: samples, a per-layer error report, float fallback.
+
+Full-integer modes need activation ranges, measured by running the model on representative
+inputs. Each signature is calibrated on the inputs it meets on the device: ``encode`` on
+source ids, and ``decode`` on the tokens, KV caches and positions of real teacher-forced
+decoding (the caches come from the float TFLite model itself, so they are exactly what the
+device would feed back). The examples come from the training pipeline's batches.
+
+The per-layer report and the selective fallback use TFLite's ``QuantizationDebugger`` (it
+compares each quantized op's output with the float op's output on the same inputs); the
+debugger handles one subgraph, so the report runs each signature on its own, and the final
+model keeps all signatures in one file with the worst layers left in float.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+Samples = dict[str, list[dict[str, np.ndarray]]]  # signature name -> its input dicts
+
+log = logging.getLogger(__name__)
+
+
+def _interpreter(flatbuffer: bytes):
+    from ai_edge_litert.interpreter import Interpreter
+
+    return Interpreter(model_content=flatbuffer)
+
+
+def _pad(ids, length: int) -> np.ndarray:
+    ids = np.asarray(ids, np.int32).reshape(-1)[:length]
+    return np.pad(ids, (0, length - len(ids)))[None]
+
+
+def _rows(batches: Iterable, limit: int) -> Iterator:
+    """Rows (one example each) of model-input batches, at most ``limit``."""
+    count = 0
+    for batch in batches:
+        inputs = batch[0] if isinstance(batch, tuple) else batch
+        if isinstance(inputs, Mapping):
+            arrays = {key: np.asarray(value) for key, value in inputs.items()}
+            size = len(next(iter(arrays.values())))
+            rows = ({key: value[i] for key, value in arrays.items()} for i in range(size))
+        else:
+            rows = iter(np.asarray(inputs))
+        for row in rows:
+            if count == limit:
+                return
+            count += 1
+            yield row
+
+
+def _cache_spec(runner) -> np.ndarray:
+    spec = runner.get_input_details()["cache"]
+    return np.zeros(spec["shape"], spec["dtype"])
+
+
+def seq2seq_samples(float_flatbuffer: bytes, batches: Iterable, limit: int = 64) -> Samples:
+    """``encode`` and ``decode`` inputs from ``limit`` pipeline examples.
+
+    ``batches`` yields ``{"encoder_token_ids", "decoder_token_ids"}`` (as the translation
+    pipeline does, with or without labels); every target position becomes a decode sample.
+    """
+    interpreter = _interpreter(float_flatbuffer)
+    encode = interpreter.get_signature_runner("encode")
+    decode = interpreter.get_signature_runner("decode")
+    source_length = encode.get_input_details()["source_ids"]["shape"][1]
+    max_length = decode.get_input_details()["cache"]["shape"][-2]
+    samples: Samples = {"encode": [], "decode": []}
+    for row in _rows(batches, limit):
+        source = _pad(row["encoder_token_ids"], source_length)
+        samples["encode"].append({"source_ids": source})
+        encoded = encode(source_ids=source)
+        cache = _cache_spec(decode)
+        target = [int(t) for t in row["decoder_token_ids"] if t != 0][:max_length]
+        for index, token in enumerate(target):
+            step = {
+                "token": np.array([[token]], np.int32),
+                "cache": cache,
+                "index": np.array(index, np.int32),
+                **encoded,
+            }
+            samples["decode"].append(step)
+            cache = decode(**step)["cache"]
+    return samples
+
+
+def language_model_samples(float_flatbuffer: bytes, batches: Iterable, limit: int = 64) -> Samples:
+    """``prefill`` inputs (each sequence's first tokens) and ``decode`` inputs (the rest)."""
+    interpreter = _interpreter(float_flatbuffer)
+    prefill = interpreter.get_signature_runner("prefill")
+    decode = interpreter.get_signature_runner("decode")
+    prompt_length = prefill.get_input_details()["tokens"]["shape"][1]
+    max_length = decode.get_input_details()["cache"]["shape"][-2]
+    samples: Samples = {"prefill": [], "decode": []}
+    for row in _rows(batches, limit):
+        tokens = [int(t) for t in np.asarray(row).reshape(-1) if t != 0][:max_length]
+        prompt = _pad(tokens[:prompt_length], prompt_length)
+        step = {"tokens": prompt, "cache": _cache_spec(prefill)}
+        samples["prefill"].append(step)
+        cache = prefill(**step)["cache"]
+        for index in range(prompt_length, len(tokens)):
+            step = {
+                "token": np.array([[tokens[index]]], np.int32),
+                "cache": cache,
+                "index": np.array(index, np.int32),
+            }
+            samples["decode"].append(step)
+            cache = decode(**step)["cache"]
+    return samples
+
+
+def classifier_samples(signature: str, length: int, batches: Iterable, limit: int = 256) -> Samples:
+    """``classify`` or ``tag`` inputs: token ids padded to the model's length."""
+    return {signature: [{"token_ids": _pad(row, length)} for row in _rows(batches, limit)]}
+
+
+def representative_dataset(samples: Samples):
+    """The converter's ``representative_dataset``: ``(signature, inputs)`` for every sample."""
+
+    def generate():
+        for signature, inputs in samples.items():
+            for sample in inputs:
+                yield signature, sample
+
+    return generate
+
+
+@dataclass(frozen=True)
+class LayerError:
+    """How far one quantized op's output is from the float op's, on the calibration samples.
+
+    ``rmse_over_scale`` is the root-mean-square error in units of the output's quantization
+    step: rounding alone gives about 0.29 (1/sqrt(12)); far above 1 is a layer losing range.
+    """
+
+    signature: str
+    tensor: str
+    rmse_over_scale: float
+    max_abs_error: float
+    mean_error: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _max_abs(diffs) -> float:
+    return float(np.max(np.abs(diffs), initial=0.0))
+
+
+def _debugger(converter, samples: Samples, signature: str, denylisted_nodes=()):
+    names = None
+
+    def ordered():  # the debugger feeds inputs positionally, in its interpreter's order
+        for sample in samples[signature]:
+            yield [np.asarray(sample[name]) for name in names]
+
+    options = tf.lite.experimental.QuantizationDebugOptions(
+        # The default max_abs_error fails on the empty tensors of zero-length ops.
+        layer_debug_metrics={"max_abs_error": _max_abs},
+        denylisted_nodes=list(denylisted_nodes),
+    )
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter, debug_dataset=ordered, debug_options=options
+    )
+    # Interpreter input names are "<signature>_<argument>:0" in argument order.
+    names = [
+        detail["name"].split(":")[0][len(signature) + 1 :]
+        for detail in debugger._quant_interpreter.get_input_details()
+    ]
+    return debugger
+
+
+def layer_error_report(
+    saved_model: str | Path, samples: Samples, converter_factory
+) -> list[LayerError]:
+    """Every full-int8 op's error against float, worst first, over all signatures.
+
+    ``converter_factory(signature_keys)`` returns a converter set up for full int8 with a
+    representative dataset (see ``convert.calibrated_converter``).
+    """
+    del saved_model  # the factory knows it; kept for a readable call site
+    report = []
+    for signature in samples:
+        debugger = _debugger(converter_factory([signature]), samples, signature)
+        debugger.run()
+        with tempfile.TemporaryFile("w+") as dump:
+            debugger.layer_statistics_dump(dump)
+            dump.seek(0)
+            rows = list(csv.DictReader(dump))
+        for value in rows:
+            if not _number(value["num_elements"]):
+                continue  # an op with empty outputs loses nothing
+            report.append(
+                LayerError(
+                    signature=signature,
+                    tensor=value["tensor_name"],
+                    # NumericVerify outputs (dequantized - float) differences.
+                    rmse_over_scale=math.sqrt(_number(value["mean_squared_error"]))
+                    / (_number(value["scale"]) or 1.0),
+                    max_abs_error=_number(value["max_abs_error"]),
+                    mean_error=_number(value["mean_error"]),
+                )
+            )
+    return sorted(report, key=lambda layer: -layer.rmse_over_scale)
+
+
+def _number(text: str) -> float:
+    """A statistic from the debugger's CSV; an overflowed or undefined error counts as inf."""
+    value = float(text or "nan")
+    return value if math.isfinite(value) else math.inf
+
+
+def select_fallback(
+    report: Sequence[LayerError], threshold: float | None = None, count: int | None = None
+) -> list[str]:
+    """The tensors to leave in float: those above ``threshold`` and/or the ``count`` worst."""
+    chosen = list(report)
+    if threshold is not None:
+        chosen = [layer for layer in chosen if layer.rmse_over_scale > threshold]
+    if count is not None:
+        chosen = chosen[:count]
+    return [layer.tensor for layer in chosen]
+
+
+def quantize_with_fallback(converter, samples: Samples, denylisted_nodes: Sequence[str]) -> bytes:
+    """Full int8 of all of the converter's signatures, with ``denylisted_nodes`` in float."""
+    signature = next(iter(samples))
+    debugger = _debugger(converter, samples, signature, denylisted_nodes)
+    return debugger.get_nondebug_quantized_model()
