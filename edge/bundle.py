@@ -1,0 +1,277 @@
+"""Write a bundle (the TF side): a converted model, its tokenizer and a checked manifest.
+
+The format and its manifest are described in :mod:`keras_transformer_edge.runtime.bundle`,
+which reads them on the device. :func:`write_bundle` builds the bundle in a temporary folder
+next to the destination, reads it back with the runtime's own checks, and only then renames it
+into place, so a bundle folder is never half-written. :func:`bundle_from_run` does the whole
+road from a training run (``python -m keras_transformer_pipelines train``) to a bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from keras_transformer_edge.runtime.bundle import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    KINDS,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    TOKENIZER_FILE,
+    load_bundle,
+    manifest_checksum,
+    sha256_of,
+)
+from keras_transformer_edge.runtime.interpreter import LiteModel
+from keras_transformer_edge.runtime.sentencepiece_bpe import SentencePieceBPE
+
+# Distributions whose versions a manifest records, when installed.
+VERSIONED = ("keras-transformer", "tensorflow", "keras", "ai-edge-litert", "numpy")
+# A pipeline run's task -> the bundle's kind.
+RUN_KINDS = {
+    "translation": "seq2seq",
+    "language_model": "language_model",
+    "classification": "classifier",
+    "tagging": "tagger",
+}
+
+
+def sentencepiece_model(tokenizer_directory: str | Path) -> Path:
+    """The ``sentencepiece.model`` of a saved tokenizer; a one-line error for other kinds."""
+    directory = Path(tokenizer_directory)
+    config = directory / "tokenizer.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{config}: missing; not a saved tokenizer folder")
+    kind = json.loads(config.read_text(encoding="utf-8")).get("kind")
+    if kind != "sentencepiece":
+        raise ValueError(
+            f"{directory}: a {kind!r} tokenizer; bundles need a sentencepiece tokenizer, the only "
+            "one the device runtime has (set tokenizer.kind: sentencepiece in the recipe)"
+        )
+    return directory / TOKENIZER_FILE
+
+
+def versions() -> dict[str, str]:
+    """The installed versions of the packages a bundle depends on."""
+    found = {}
+    for name in VERSIONED:
+        try:
+            found[name.replace("-", "_")] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _default_max_lengths(kind: str, signatures: dict[str, Any]) -> dict[str, int]:
+    """The lengths the signatures fix; a cache is ``[B, layers, 2, heads, length, head_dim]``."""
+
+    def shape(signature: str, name: str) -> list[int]:
+        return signatures[signature]["inputs"][name]["shape"]
+
+    if kind == "seq2seq":
+        return {"source": shape("encode", "source_ids")[1], "target": shape("decode", "cache")[-2]}
+    if kind == "language_model":
+        return {"context": shape("decode", "cache")[-2], "prefill": shape("prefill", "tokens")[1]}
+    return {"tokens": shape("classify" if kind == "classifier" else "tag", "token_ids")[1]}
+
+
+def _check_sizes(
+    kind: str,
+    signatures: dict[str, Any],
+    tokenizer: SentencePieceBPE,
+    vocabulary_size: int | None,
+    labels: list[str] | None,
+) -> int:
+    """The model's vocabulary size, checked against the tokenizer's and the labels."""
+    if kind in ("seq2seq", "language_model"):
+        from_logits = signatures["decode"]["outputs"]["logits"]["shape"][-1]
+        if vocabulary_size not in (None, from_logits):
+            raise ValueError(f"vocabulary_size {vocabulary_size}, the model's logits {from_logits}")
+        vocabulary_size = from_logits
+        if labels is not None:
+            raise ValueError(f"a {kind} bundle has no labels")
+    else:
+        if vocabulary_size is None:
+            raise ValueError(f"a {kind} bundle needs vocabulary_size (its logits are labels)")
+        signature = "classify" if kind == "classifier" else "tag"
+        classes = signatures[signature]["outputs"]["logits"]["shape"][-1]
+        if labels is not None and len(labels) != classes:
+            raise ValueError(f"{len(labels)} labels for a model with {classes} outputs")
+    if tokenizer.vocabulary_size != vocabulary_size:
+        raise ValueError(
+            f"the tokenizer has {tokenizer.vocabulary_size} pieces, the model's vocabulary "
+            f"{vocabulary_size}: not the run's tokenizer"
+        )
+    return vocabulary_size
+
+
+def write_bundle(
+    directory: str | Path,
+    flatbuffer: bytes,
+    *,
+    kind: str,
+    tokenizer_directory: str | Path,
+    signatures: dict[str, Any] | None = None,
+    quantization: str,
+    labels: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+    vocabulary_size: int | None = None,
+    max_lengths: dict[str, int] | None = None,
+    decoding: dict[str, Any] | None = None,
+) -> Path:
+    """Write a bundle into ``directory`` (replacing one there) and return its path.
+
+    Args:
+        flatbuffer: the ``.tflite`` model from ``convert.convert``.
+        kind: ``"seq2seq"``, ``"language_model"``, ``"classifier"`` or ``"tagger"``.
+        tokenizer_directory: a folder from ``save_tokenizer`` (SentencePiece only).
+        signatures: as the runtime reports them; default: read from the flatbuffer.
+        quantization: the conversion mode, recorded.
+        labels: class names or tags, in output order.
+        extra: free-form JSON, e.g. a parity report.
+        vocabulary_size: the model's token vocabulary; required for classifiers and taggers
+            (their logits are labels), else read from the ``decode`` logits.
+        max_lengths: default: read from the signatures' shapes.
+        decoding: generation defaults, e.g. ``{"beam_size": 4, "length_penalty": 0.6}``.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown bundle kind {kind!r}; known: {', '.join(KINDS)}")
+    directory = Path(directory)
+    tokenizer_file = sentencepiece_model(tokenizer_directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    scratch = directory.parent / f".{directory.name}.writing-{uuid.uuid4().hex[:8]}"
+    scratch.mkdir()
+    try:
+        (scratch / MODEL_FILE).write_bytes(flatbuffer)
+        shutil.copyfile(tokenizer_file, scratch / TOKENIZER_FILE)
+        if signatures is None:  # read without XNNPACK: nothing runs, no need to delegate
+            signatures = LiteModel(scratch / MODEL_FILE, xnnpack=False).signatures
+        missing = [name for name in KINDS[kind][0] if name not in signatures]
+        if missing:
+            raise ValueError(f"a {kind} bundle needs the signatures {missing}")
+        tokenizer = SentencePieceBPE.load(scratch / TOKENIZER_FILE)
+        special = {
+            "pad": tokenizer.pad_id,
+            "start": tokenizer.start_id,
+            "end": tokenizer.end_id,
+            "unk": tokenizer.unk_id,
+        }
+        if min(special.values()) < 0:
+            raise ValueError(f"{tokenizer_file}: special tokens missing: {special}")
+        manifest: dict[str, Any] = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "kind": kind,
+            "signatures": signatures,
+            "special_tokens": special,
+            "max_lengths": max_lengths or _default_max_lengths(kind, signatures),
+            "vocabulary_size": _check_sizes(kind, signatures, tokenizer, vocabulary_size, labels),
+            "labels": list(labels) if labels is not None else None,
+            "decoding": decoding or {},
+            "quantization": quantization,
+            "versions": versions(),
+            "extra": extra or {},
+            "files": {name: _file_entry(scratch / name) for name in (MODEL_FILE, TOKENIZER_FILE)},
+        }
+        manifest["checksum"] = manifest_checksum(manifest)
+        text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
+        (scratch / MANIFEST_FILE).write_text(text, encoding="utf-8")
+        load_bundle(scratch)  # what the device will check, checked before it is in place
+        _replace(scratch, directory)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return directory
+
+
+def _file_entry(path: Path) -> dict[str, Any]:
+    return {"sha256": sha256_of(path), "bytes": path.stat().st_size}
+
+
+def _replace(new: Path, directory: Path) -> None:
+    """Rename ``new`` to ``directory``; an existing one is moved aside first, then deleted."""
+    old = None
+    if directory.exists():
+        old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(directory, old)
+    os.replace(new, directory)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def bundle_from_run(
+    run_dir: str | Path,
+    output: str | Path,
+    mode: str = "fp32",
+    which: str = "model",
+    beam_size: int | None = None,
+    prefill_length: int | None = None,
+) -> Path:
+    """Convert a finished pipeline run (any of the four tasks) and write its bundle.
+
+    Args:
+        run_dir: the run's ``output_dir`` (``recipe.json``, ``model.keras``, ``tokenizer/``).
+        output: the bundle folder to write.
+        mode: the conversion mode (``convert.MODES``).
+        which: ``"model"`` (final) or ``"best"`` checkpoint.
+        beam_size: rows of the ``decode_beam`` signature (translation); default: the recipe's.
+        prefill_length: tokens of the ``prefill`` signature (language model); default: 32 or
+            the context if shorter.
+    """
+    from keras_transformer_edge.convert import (
+        classifier_endpoints,
+        convert,
+        language_model_endpoints,
+        seq2seq_endpoints,
+    )
+    from keras_transformer_pipelines.config import recipe_from_dict
+    from keras_transformer_pipelines.task_recipes import LABEL_FILES
+    from keras_transformer_pipelines.training import load_model
+
+    run_dir = Path(run_dir)
+    recipe = recipe_from_dict(json.loads((run_dir / "recipe.json").read_text(encoding="utf-8")))
+    tokenizer_directory = run_dir / "tokenizer"
+    sentencepiece_model(tokenizer_directory)  # fail before the slow conversion
+    model = load_model(run_dir, which)
+    kind, labels, decoding = RUN_KINDS[recipe.task], None, {}
+    if kind == "seq2seq":
+        beam_size = beam_size or recipe.decoding.beam_size
+        endpoints = seq2seq_endpoints(model, 1, beam_size)
+        decoding = {
+            "beam_size": beam_size,
+            "length_penalty": recipe.decoding.length_penalty,
+            "max_length": recipe.decoding.max_length,
+        }
+        if model.encoder_vocabulary_size != model.decoder_vocabulary_size:
+            raise ValueError("source and target vocabularies differ; bundles share one tokenizer")
+        lengths = {"source": model.encoder_sequence_length, "target": model.decoder_sequence_length}
+        vocabulary_size = model.decoder_vocabulary_size
+    elif kind == "language_model":
+        prefill_length = prefill_length or min(32, model.sequence_length)
+        endpoints = language_model_endpoints(model, prefill_length)
+        decoding = {"sampler": recipe.decoding.sampler, "top_k": recipe.decoding.top_k}
+        lengths = {"context": model.sequence_length, "prefill": prefill_length}
+        vocabulary_size = model.vocabulary_size
+    else:
+        endpoints = classifier_endpoints(model)
+        labels = (run_dir / LABEL_FILES[recipe.task]).read_text(encoding="utf-8").split("\n")[:-1]
+        lengths = {"tokens": model.sequence_length}
+        vocabulary_size = model.vocabulary_size
+    return write_bundle(
+        output,
+        convert(model, endpoints, mode),
+        kind=kind,
+        tokenizer_directory=tokenizer_directory,
+        quantization=mode,
+        labels=labels,
+        vocabulary_size=vocabulary_size,
+        max_lengths=lengths,
+        decoding=decoding,
+        extra={"run": {"task": recipe.task, "checkpoint": which}},
+    )

@@ -1,0 +1,241 @@
+"""A bundle on disk: the model, the tokenizer and a manifest, checked before anything runs.
+
+A bundle is a folder::
+
+    model.tflite          the converted model, one signature per step (see edge/convert.py)
+    sentencepiece.model   the tokenizer (SentencePiece BPE, read by sentencepiece_bpe.py)
+    manifest.json         what the two are and how to drive them (schema below)
+
+``manifest.json`` (``format_version`` 1)::
+
+    format            "keras-transformer-edge-bundle"
+    format_version    1
+    kind              "seq2seq" | "language_model" | "classifier" | "tagger"
+    signatures        {name: {"inputs": {name: {"shape": [..], "dtype": "int32"}},
+                              "outputs": {...}}}
+    special_tokens    {"pad": 0, "start": 1, "end": 2, "unk": 3}
+    max_lengths       seq2seq {"source", "target"}; language_model {"context", "prefill"};
+                      classifier and tagger {"tokens"}
+    vocabulary_size   the model's token vocabulary (the tokenizer's size, checked)
+    labels            class names (classifier) or tags (tagger), else null
+    decoding          defaults for generation, e.g. {"beam_size": 4, "length_penalty": 0.6}
+    quantization      "fp32", "float16", "dynamic_int8", ...
+    versions          {"keras_transformer", "tensorflow", "keras", "ai_edge_litert", ...}
+    extra             free-form (e.g. a parity report)
+    files             {file name: {"sha256": hex, "bytes": size}} for every other file
+    checksum          sha256 of this manifest without "checksum" (canonical JSON, see below)
+
+:func:`load_bundle` reads the manifest, checks its schema and checksum, then the size and
+sha256 of every file, then the tokenizer against the manifest; only then may an interpreter be
+made. Each failure is a one-line :class:`BundleError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from keras_transformer_edge.runtime.errors import BundleError
+from keras_transformer_edge.runtime.sentencepiece_bpe import SentencePieceBPE
+
+FORMAT_NAME, FORMAT_VERSION = "keras-transformer-edge-bundle", 1
+MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE = "manifest.json", "model.tflite", "sentencepiece.model"
+SPECIAL_TOKENS = ("pad", "start", "end", "unk")
+# The signatures each kind must have, and the max_lengths keys it must give.
+KINDS = {
+    "seq2seq": (("encode", "decode"), ("source", "target")),
+    "language_model": (("prefill", "decode"), ("context", "prefill")),
+    "classifier": (("classify",), ("tokens",)),
+    "tagger": (("tag",), ("tokens",)),
+}
+# Key -> type; a missing key or a value of another type is an error naming the key.
+SCHEMA: dict[str, type | tuple[type, ...]] = {
+    "format": str,
+    "format_version": int,
+    "kind": str,
+    "signatures": dict,
+    "special_tokens": dict,
+    "max_lengths": dict,
+    "vocabulary_size": int,
+    "labels": (list, type(None)),
+    "decoding": dict,
+    "quantization": str,
+    "versions": dict,
+    "extra": dict,
+    "files": dict,
+    "checksum": str,
+}
+_CHUNK = 1 << 20
+
+
+def sha256_of(path: str | Path) -> str:
+    """The hex sha256 of a file, read in chunks (a model can be hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def manifest_checksum(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest without its ``checksum``, as sorted, compact, ASCII JSON.
+
+    Catches a manifest edited by hand or damaged on the way; it is not a signature.
+    """
+    body = {key: value for key, value in manifest.items() if key != "checksum"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle: its folder, its manifest and its tokenizer.
+
+    Args:
+        path: the bundle's folder.
+        manifest: the parsed ``manifest.json``.
+        tokenizer: the bundle's SentencePiece BPE tokenizer.
+
+    Example:
+    >>> bundle = load_bundle("bundles/en-fr")  # doctest: +SKIP
+    >>> bundle.kind, bundle.manifest["quantization"]  # doctest: +SKIP
+    ('seq2seq', 'dynamic_int8')
+    """
+
+    path: Path
+    manifest: dict[str, Any]
+    tokenizer: SentencePieceBPE
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["kind"]
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL_FILE
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        return self.manifest["special_tokens"]
+
+    @property
+    def max_lengths(self) -> dict[str, int]:
+        return self.manifest["max_lengths"]
+
+    @property
+    def labels(self) -> list[str] | None:
+        return self.manifest["labels"]
+
+    def signature(self, name: str) -> dict[str, Any]:
+        return self.manifest["signatures"][name]
+
+
+def load_bundle(path: str | Path, expected_kind: str | None = None) -> Bundle:
+    """Read and verify the bundle in ``path``; raises :class:`BundleError` (one line)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BundleError(f"{path}: no such bundle folder")
+    manifest = read_manifest(path)
+    if expected_kind is not None and manifest["kind"] != expected_kind:
+        raise BundleError(
+            f"{path}: a {manifest['kind']} bundle, not {expected_kind} (manifest 'kind')"
+        )
+    verify_files(path, manifest)
+    tokenizer = _tokenizer(path, manifest)
+    return Bundle(path, manifest, tokenizer)
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of the bundle in ``path``, its schema and checksum checked."""
+    where = path / MANIFEST_FILE
+    if not where.is_file():
+        raise BundleError(f"{where}: missing (not a bundle, or an incomplete copy)")
+    try:
+        manifest = json.loads(where.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BundleError(f"{where}: not valid JSON ({error})") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{where}: not a JSON object")
+    if manifest.get("format") != FORMAT_NAME:
+        raise BundleError(f"{where}: format is {manifest.get('format')!r}, not {FORMAT_NAME!r}")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(
+            f"{where}: format_version {manifest.get('format_version')!r} is not supported "
+            f"(this runtime reads version {FORMAT_VERSION})"
+        )
+    for key, kinds in SCHEMA.items():
+        if key not in manifest:
+            raise BundleError(f"{where}: key {key!r} is missing")
+        if not isinstance(manifest[key], kinds) or isinstance(manifest[key], bool):
+            raise BundleError(f"{where}: key {key!r} has the wrong type")
+    if manifest_checksum(manifest) != manifest["checksum"]:
+        raise BundleError(f"{where}: checksum mismatch (the manifest was altered)")
+    _check_contents(where, manifest)
+    return manifest
+
+
+def _check_contents(where: Path, manifest: dict[str, Any]) -> None:
+    kind = manifest["kind"]
+    if kind not in KINDS:
+        raise BundleError(f"{where}: unknown kind {kind!r}; known: {', '.join(KINDS)}")
+    signatures, lengths = KINDS[kind]
+    for name in signatures:
+        if name not in manifest["signatures"]:
+            raise BundleError(f"{where}: a {kind} bundle needs a {name!r} signature")
+    for name in lengths:
+        if not isinstance(manifest["max_lengths"].get(name), int):
+            raise BundleError(f"{where}: max_lengths.{name} is missing")
+    for name in SPECIAL_TOKENS:
+        if not isinstance(manifest["special_tokens"].get(name), int):
+            raise BundleError(f"{where}: special_tokens.{name} is missing")
+    for name in (MODEL_FILE, TOKENIZER_FILE):
+        if name not in manifest["files"]:
+            raise BundleError(f"{where}: files has no entry for {name}")
+
+
+def verify_files(path: Path, manifest: dict[str, Any]) -> None:
+    """Every listed file exists with its size and sha256 (the size first: it is free)."""
+    for name, entry in sorted(manifest["files"].items()):
+        if Path(name).name != name or name == MANIFEST_FILE:
+            raise BundleError(f"{path / MANIFEST_FILE}: bad file name {name!r} in files")
+        file = path / name
+        if not file.is_file():
+            raise BundleError(f"{file}: missing (listed in the manifest)")
+        if not isinstance(entry, dict) or not {"sha256", "bytes"} <= set(entry):
+            raise BundleError(f"{path / MANIFEST_FILE}: files.{name} needs sha256 and bytes")
+        size = file.stat().st_size
+        if size != entry["bytes"]:
+            raise BundleError(
+                f"{file}: {size} bytes, the manifest says {entry['bytes']} (truncated or replaced)"
+            )
+        if sha256_of(file) != entry["sha256"]:
+            raise BundleError(f"{file}: sha256 mismatch (the file is corrupted or was replaced)")
+
+
+def _tokenizer(path: Path, manifest: dict[str, Any]) -> SentencePieceBPE:
+    file = path / TOKENIZER_FILE
+    try:
+        tokenizer = SentencePieceBPE.load(file)
+    except (OSError, ValueError) as error:
+        raise BundleError(str(error)) from None
+    size = tokenizer.vocabulary_size
+    if size != manifest["vocabulary_size"]:
+        raise BundleError(
+            f"{file}: {size} pieces, the model's vocabulary has {manifest['vocabulary_size']}"
+        )
+    found = {
+        "pad": tokenizer.pad_id,
+        "start": tokenizer.start_id,
+        "end": tokenizer.end_id,
+        "unk": tokenizer.unk_id,
+    }
+    for name in SPECIAL_TOKENS:
+        if found[name] != manifest["special_tokens"][name]:
+            raise BundleError(
+                f"{file}: the {name} token is id {found[name]}, the manifest says "
+                f"{manifest['special_tokens'][name]}"
+            )
+    return tokenizer

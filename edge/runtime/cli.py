@@ -1,0 +1,219 @@
+"""``python -m keras_transformer_edge.runtime COMMAND BUNDLE [options]``.
+
+Commands: ``translate``, ``generate``, ``classify``, ``tag`` read one text a line from
+``--input`` (default: stdin) and write one line per input line, in order, as each is done;
+``bench`` prints a JSON benchmark (benchmark.py); ``info`` verifies a bundle and prints its
+manifest.
+
+Input behaviour:
+
+- an empty line gives an empty line (``translate``, ``tag``), a continuation of the start
+  token alone (``generate``) or the label of an empty text (``classify``);
+- a line longer than the model takes is cut, with one warning on stderr naming the line;
+- a line that is not valid UTF-8 is an error, unless ``--encoding-errors replace`` is given:
+  then each bad byte reads as U+FFFD.
+
+Errors are one line on stderr, ``error: ...``. Exit codes: 0 done; 1 no usable TFLite
+interpreter; 2 bad input or arguments (the lines before the bad one are already written);
+3 a bundle that fails its checks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
+
+from keras_transformer_edge.runtime.errors import BackendError, BundleError, InputError
+
+COMMANDS = ("translate", "generate", "classify", "tag")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m keras_transformer_edge.runtime",
+        description="Run a keras-transformer bundle with a TFLite interpreter (no TensorFlow).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help)
+        sub.add_argument("bundle", help="the bundle folder")
+        if name != "info":
+            sub.add_argument("--threads", type=int, default=None, help="interpreter threads")
+            sub.add_argument(
+                "--no-xnnpack", action="store_true", help="run without the XNNPACK delegate"
+            )
+        if name in COMMANDS:
+            sub.add_argument("--input", help="a UTF-8 text file, one text a line (default stdin)")
+            sub.add_argument(
+                "--encoding-errors",
+                choices=("strict", "replace"),
+                default="strict",
+                help="invalid UTF-8: an error (strict) or U+FFFD (replace)",
+            )
+        return sub
+
+    translate = command("translate", "translate each line (seq2seq bundle)")
+    translate.add_argument("--beam", type=int, default=None, help="beam size (1: greedy)")
+    translate.add_argument("--length-penalty", type=float, default=None, help="GNMT alpha")
+    translate.add_argument("--max-length", type=int, default=None, help="most target tokens")
+    translate.add_argument("--ids", action="store_true", help="print token ids, not text")
+
+    generate = command("generate", "continue each line (language-model bundle)")
+    generate.add_argument("--max-new-tokens", type=int, default=None)
+    generate.add_argument("--top-k", type=int, default=None, help="sample from the k best")
+    generate.add_argument("--seed", type=int, default=None)
+    generate.add_argument("--temperature", type=float, default=1.0)
+    generate.add_argument("--ids", action="store_true", help="print token ids, not text")
+
+    classify = command("classify", "label each line (classifier bundle)")
+    classify.add_argument(
+        "--probabilities", action="store_true", help="print a JSON object of probabilities"
+    )
+    command("tag", "tag each word of each line (tagger bundle)")
+
+    bench = command("bench", "benchmark the bundle; prints JSON")
+    bench.add_argument("--text", default=None, help="the input text (default: a fixed sentence)")
+    bench.add_argument("--runs", type=int, default=20)
+    bench.add_argument("--warmup", type=int, default=3)
+    bench.add_argument("--beam", type=int, default=None, help="beam size (translation)")
+    bench.add_argument("--max-new-tokens", type=int, default=None, help="(generation)")
+    command("info", "verify the bundle and print its manifest")
+    return parser
+
+
+def _lines(stream: BinaryIO, errors: str) -> Iterator[str]:
+    """Each line of ``stream`` without its line ending, decoded as UTF-8."""
+    for number, raw in enumerate(stream, 1):
+        raw = raw.rstrip(b"\n").rstrip(b"\r")
+        try:
+            yield raw.decode("utf-8", errors)
+        except UnicodeDecodeError as error:
+            raise InputError(
+                f"line {number}: not valid UTF-8 (byte 0x{raw[error.start]:02x} at offset "
+                f"{error.start}); pass --encoding-errors replace to read it as U+FFFD"
+            ) from None
+
+
+class _LineWarnings(logging.Handler):
+    """Runtime warnings on stderr, each naming the input line it is about."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.line = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"warning: line {self.line}: {record.getMessage()}", file=sys.stderr, flush=True)
+
+
+def _task_function(args: argparse.Namespace, task) -> Callable[[str], str]:
+    """The function from one input line to its output line."""
+    if args.command in ("translate", "generate"):
+        if args.command == "translate":
+            options = {
+                "beam_size": args.beam,
+                "length_penalty": args.length_penalty,
+                "max_length": args.max_length,
+            }
+            ids_of, generate = task.source_ids, task.translate_ids
+        else:
+            options = {
+                "max_new_tokens": args.max_new_tokens,
+                "top_k": args.top_k,
+                "seed": args.seed,
+                "temperature": args.temperature,
+            }
+            ids_of, generate = task.prompt_ids, task.generate_ids
+        if args.ids:
+            return lambda text: " ".join(map(str, generate(ids_of(text), **options)))
+        return lambda text: task.decode(generate(ids_of(text), **options))
+    if args.command == "classify":
+        if args.probabilities:
+            return lambda text: json.dumps(
+                {
+                    label: round(float(p), 6)
+                    for label, p in zip(task.labels, task.probabilities(text), strict=True)
+                },
+                ensure_ascii=False,
+            )
+        return task.classify
+    return lambda text: " ".join(task.tag(text))
+
+
+KINDS = {
+    "translate": "seq2seq",
+    "generate": "language_model",
+    "classify": "classifier",
+    "tag": "tagger",
+}
+
+
+def _run_lines(args: argparse.Namespace) -> None:
+    from keras_transformer_edge.runtime.tasks import TASKS
+
+    task = TASKS[KINDS[args.command]].from_bundle(args.bundle, args.threads, not args.no_xnnpack)
+    function = _task_function(args, task)
+    warnings = _LineWarnings()
+    logger = logging.getLogger("keras_transformer_edge.runtime")
+    logger.addHandler(warnings)
+    logger.propagate = False  # one warning line, not a second one from the root logger
+    try:
+        stream = open(args.input, "rb") if args.input else sys.stdin.buffer  # noqa: SIM115
+    except OSError as error:
+        raise InputError(f"{args.input}: cannot read it ({error.strerror})") from None
+    try:
+        for number, text in enumerate(_lines(stream, args.encoding_errors), 1):
+            warnings.line = number
+            try:
+                output = function(text)
+            except InputError as error:
+                raise InputError(f"line {number}: {error}") from None
+            sys.stdout.write(output + "\n")
+            sys.stdout.flush()
+    finally:
+        logger.removeHandler(warnings)
+        logger.propagate = True
+        if args.input:
+            stream.close()
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "info":
+            from keras_transformer_edge.runtime.bundle import load_bundle
+
+            print(json.dumps(load_bundle(args.bundle).manifest, indent=2, ensure_ascii=False))
+        elif args.command == "bench":
+            from keras_transformer_edge.runtime.benchmark import DEFAULT_TEXT, benchmark
+
+            if args.runs < 1 or args.warmup < 0:
+                raise InputError("--runs must be >= 1 and --warmup >= 0")
+            result = benchmark(
+                args.bundle,
+                DEFAULT_TEXT if args.text is None else args.text,
+                args.runs,
+                args.warmup,
+                args.threads,
+                not args.no_xnnpack,
+                beam_size=args.beam,
+                max_new_tokens=args.max_new_tokens,
+            )
+            print(json.dumps(result, indent=2))
+        else:
+            _run_lines(args)
+    except (BundleError, InputError, BackendError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    except BrokenPipeError:  # the reader left (e.g. `| head`): not an error of ours
+        return 0
+    return 0
+
+
+def main() -> None:
+    sys.exit(run())

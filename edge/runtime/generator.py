@@ -1,0 +1,112 @@
+"""Text continuation with a language-model bundle: ``prefill`` the prompt, then ``decode``.
+
+The prompt is the start token and the text's ids (``task_recipes.continue_lines``), cut to the
+context length. ``prefill`` takes a fixed number of tokens: a shorter prompt is padded (the
+causal mask keeps the padding out of the prompt's logits, and each padded cache slot is
+written again before any query can see it), a longer one is fed on through ``decode``. An
+empty text is a prompt of the start token alone: the model writes from nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from keras_transformer_edge.runtime.bundle import Bundle
+from keras_transformer_edge.runtime.errors import InputError
+from keras_transformer_edge.runtime.generation import continue_tokens, greedy, top_k_sampler
+from keras_transformer_edge.runtime.interpreter import LiteModel
+from keras_transformer_edge.runtime.task import Task
+
+
+class Generator(Task):
+    """Greedy or top-k continuation of text with a language-model bundle.
+
+    Args:
+        bundle, model: see :class:`~keras_transformer_edge.runtime.task.Task`; or use
+            :meth:`from_bundle`.
+        max_new_tokens: most tokens written per call (default: up to the context length).
+
+    Example:
+    >>> generator = Generator.from_bundle("bundles/lm")  # doctest: +SKIP
+    >>> generator.generate("red green", top_k=5, seed=0)  # doctest: +SKIP
+    'blue red green blue'
+    """
+
+    kind = "language_model"
+
+    def __init__(self, bundle: Bundle, model: LiteModel, max_new_tokens: int | None = None):
+        super().__init__(bundle, model)
+        self.context_length: int = bundle.max_lengths["context"]
+        self.prefill_length: int = bundle.max_lengths["prefill"]
+        self.max_new_tokens = max_new_tokens
+        self._cache_shape, _ = model.input_spec("decode", "cache")
+
+    def prompt_ids(self, text: str) -> list[int]:
+        """The start token and the text's ids, cut to the context (with a warning)."""
+        return [self.start_id] + self.encode(text, self.context_length - 1, "prompt tokens")
+
+    def generate(
+        self,
+        text: str,
+        max_new_tokens: int | None = None,
+        top_k: int | None = None,
+        seed: int | None = None,
+        temperature: float = 1.0,
+    ) -> str:
+        """The continuation of ``text`` (the prompt itself left out), up to the end token."""
+        prompt = self.prompt_ids(text)
+        return self.decode(self.generate_ids(prompt, max_new_tokens, top_k, seed, temperature))
+
+    def generate_ids(
+        self,
+        prompt_ids: Sequence[int],
+        max_new_tokens: int | None = None,
+        top_k: int | None = None,
+        seed: int | None = None,
+        temperature: float = 1.0,
+    ) -> list[int]:
+        """New ids after ``prompt_ids`` (which should start with the start token).
+
+        Greedy when ``top_k`` is ``None``; else drawn from the ``top_k`` most likely with a
+        numpy generator seeded by ``seed``.
+        """
+        prompt = self.check_ids(prompt_ids, self.context_length, "prompt_ids")
+        if not prompt.size:
+            raise InputError("prompt_ids: empty; a prompt starts with the start token")
+        new = max_new_tokens if max_new_tokens is not None else self.max_new_tokens
+        if new is not None and new < 0:
+            raise InputError(f"max_new_tokens must be >= 0, got {new}")
+        limit = self.context_length if new is None else min(self.context_length, prompt.size + new)
+        try:
+            choose = greedy if top_k is None else top_k_sampler(top_k, seed, temperature)
+        except ValueError as error:
+            raise InputError(str(error)) from None
+        if prompt.size >= limit:
+            return []
+        logits = self._prefill(prompt)
+        return continue_tokens(self._feed, logits, prompt.size, limit, self.end_id, choose)
+
+    def _prefill(self, prompt: np.ndarray) -> np.ndarray:
+        """Write the prompt into a new cache; the logits for the position after it."""
+        head = prompt[: self.prefill_length]
+        tokens = np.zeros((1, self.prefill_length), np.int32)
+        tokens[0, : head.size] = head
+        outputs = self.model.run(
+            "prefill", tokens=tokens, cache=np.zeros(self._cache_shape, np.float32)
+        )
+        self._cache, logits = outputs["cache"], outputs["logits"][0, head.size - 1]
+        for index in range(head.size, prompt.size):
+            logits = self._feed(prompt[index : index + 1], index)[0]
+        return logits
+
+    def _feed(self, tokens: np.ndarray, index: int) -> np.ndarray:
+        outputs = self.model.run(
+            "decode",
+            token=tokens.reshape(1, 1).astype(np.int32),
+            cache=self._cache,
+            index=np.array(index, np.int32),
+        )
+        self._cache = outputs["cache"]
+        return outputs["logits"][:, 0]

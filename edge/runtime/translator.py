@@ -1,0 +1,165 @@
+"""Translation with a seq2seq bundle: ``encode`` once, then ``decode`` steps on the host.
+
+The inputs are the Keras side's (``translation_recipe.Translator``): the source is the text's
+ids cut to the source length and 0-padded, with no start token; the decoder starts from the
+start token and writes at most the target length; greedy or beam search with a length penalty
+(:mod:`~keras_transformer_edge.runtime.generation`). A text without tokens translates to ``""``
+and the model does not run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from keras_transformer_edge.runtime.bundle import Bundle
+from keras_transformer_edge.runtime.errors import InputError
+from keras_transformer_edge.runtime.generation import beam_search, continue_tokens
+from keras_transformer_edge.runtime.interpreter import LiteModel
+from keras_transformer_edge.runtime.task import Task
+
+
+class _DecoderSteps:
+    """``feed``/``reorder`` over ``rows`` decoder rows for one encoded source.
+
+    One call of ``decode`` (one row) or ``decode_beam`` (when it has exactly ``rows`` rows);
+    any other beam size runs ``decode`` once per row, each with its own cache.
+    """
+
+    def __init__(self, model: LiteModel, encoded: dict[str, np.ndarray], rows: int) -> None:
+        self.model, self.rows = model, rows
+        beam_rows = (
+            model.input_spec("decode_beam", "token")[0][0]
+            if "decode_beam" in model.signatures
+            else None
+        )
+        self.signature = "decode" if rows == 1 else "decode_beam" if beam_rows == rows else None
+        cache_shape, _ = model.input_spec("decode", "cache")
+        self.cache = np.zeros((rows, *cache_shape[1:]), np.float32)
+        self.encoded = encoded  # one row
+        if self.signature == "decode_beam":  # every beam reads the same source
+            self.encoded = {name: np.repeat(value, rows, axis=0) for name, value in encoded.items()}
+
+    def feed(self, tokens: np.ndarray, index: int) -> np.ndarray:
+        position = np.array(index, np.int32)
+        if self.signature is None:
+            return np.concatenate([self._row(tokens, position, row) for row in range(self.rows)])
+        outputs = self.model.run(
+            self.signature,
+            token=tokens.reshape(self.rows, 1).astype(np.int32),
+            cache=self.cache,
+            index=position,
+            **self.encoded,
+        )
+        self.cache = outputs["cache"]
+        return outputs["logits"][:, 0]
+
+    def _row(self, tokens: np.ndarray, position: np.ndarray, row: int) -> np.ndarray:
+        outputs = self.model.run(
+            "decode",
+            token=tokens[row : row + 1].reshape(1, 1).astype(np.int32),
+            cache=self.cache[row : row + 1],
+            index=position,
+            **self.encoded,
+        )
+        self.cache[row] = outputs["cache"][0]
+        return outputs["logits"][:, 0]
+
+    def reorder(self, rows: np.ndarray) -> None:
+        self.cache = self.cache[rows]
+
+
+class Translator(Task):
+    """Text in, text out, with a seq2seq bundle.
+
+    Args:
+        bundle, model: see :class:`~keras_transformer_edge.runtime.task.Task`; or use
+            :meth:`from_bundle`.
+        beam_size: 1 for greedy; default: the manifest's ``decoding.beam_size`` (else 1).
+        length_penalty: GNMT alpha for beam search; default: the manifest's (else 0).
+        max_length: most target tokens; default and at most the model's target length.
+
+    Example:
+    >>> translator = Translator.from_bundle("bundles/en-fr", num_threads=2)  # doctest: +SKIP
+    >>> translator.translate("Open the file")  # doctest: +SKIP
+    'Ouvrir le fichier'
+    """
+
+    kind = "seq2seq"
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        model: LiteModel,
+        beam_size: int | None = None,
+        length_penalty: float | None = None,
+        max_length: int | None = None,
+    ) -> None:
+        super().__init__(bundle, model)
+        decoding = bundle.manifest["decoding"]
+        self.source_length: int = bundle.max_lengths["source"]
+        self.target_length: int = bundle.max_lengths["target"]
+        self.beam_size = int(beam_size or decoding.get("beam_size") or 1)
+        self.length_penalty = float(
+            decoding.get("length_penalty", 0.0) if length_penalty is None else length_penalty
+        )
+        self.max_length = self._max_length(max_length or decoding.get("max_length"))
+        if self.beam_size < 1:
+            raise InputError(f"beam_size must be >= 1, got {self.beam_size}")
+
+    def _max_length(self, max_length: int | None) -> int:
+        if max_length is None:
+            return self.target_length
+        if not 1 <= max_length <= self.target_length:
+            raise InputError(
+                f"max_length must be in [1, {self.target_length}] (the model's target length), "
+                f"got {max_length}"
+            )
+        return int(max_length)
+
+    def source_ids(self, text: str) -> list[int]:
+        """The source ids of ``text``: cut to the source length (with a warning)."""
+        return self.encode(text, self.source_length, "source tokens")
+
+    def translate(self, text: str, **options: Any) -> str:
+        """The translation of ``text``; ``""`` for a text without tokens.
+
+        ``options``: ``beam_size``, ``length_penalty``, ``max_length`` for this call.
+        """
+        return self.decode(self.translate_ids(self.source_ids(text), **options))
+
+    def translate_ids(
+        self,
+        source_ids: Sequence[int],
+        beam_size: int | None = None,
+        length_penalty: float | None = None,
+        max_length: int | None = None,
+    ) -> list[int]:
+        """Target ids after the start token, the end token last if one was written."""
+        source = self.check_ids(source_ids, self.source_length, "source_ids")
+        if not source.size:
+            return []
+        beam_size = self.beam_size if beam_size is None else int(beam_size)
+        if beam_size < 1:
+            raise InputError(f"beam_size must be >= 1, got {beam_size}")
+        alpha = self.length_penalty if length_penalty is None else float(length_penalty)
+        limit = self.max_length if max_length is None else self._max_length(max_length)
+        padded = np.zeros((1, self.source_length), np.int32)
+        padded[0, : source.size] = source
+        encoded = self.model.run("encode", source_ids=padded)
+        steps = _DecoderSteps(self.model, encoded, beam_size)
+        if beam_size == 1:
+            first = steps.feed(np.array([self.start_id], np.int32), 0)[0]
+            return continue_tokens(steps.feed, first, 1, limit + 1, self.end_id)
+        return beam_search(
+            steps.feed,
+            steps.reorder,
+            beam_size,
+            limit,
+            self.start_id,
+            self.end_id,
+            self.pad_id,
+            alpha,
+        )
