@@ -61,6 +61,7 @@ VOCABULARY = 400
 
 def toy_translation_run(directory: Path, steps: int = 120) -> Path:
     """A translation run of the pipeline on the toy language (about 15 s); its folder."""
+    directory.mkdir(parents=True, exist_ok=True)
     write_tsv(word_translation_pairs(1500, max_words=5, seed=0), directory / "train.tsv")
     recipe = recipe_from_dict(
         {
