@@ -20,7 +20,6 @@ import math
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
@@ -139,15 +138,17 @@ def representative_dataset(samples: Samples):
 class LayerError:
     """How far one quantized op's output is from the float op's, on the calibration samples.
 
-    ``rmse_over_scale`` is the root-mean-square error in units of the output's quantization
-    step: rounding alone gives about 0.29 (1/sqrt(12)); far above 1 is a layer losing range.
+    ``relative_error``: RMS of (dequantized - float) over RMS of the float output; about 1
+    means the layer's signal is gone (e.g. scores whose int8 range a -1e9 mask blew up).
+    ``rmse_over_scale``: the same error in quantization steps; rounding alone gives about
+    0.29 (1/sqrt(12)), and far above 1 means the step is too coarse for the values.
     """
 
     signature: str
     tensor: str
+    relative_error: float
     rmse_over_scale: float
     max_abs_error: float
-    mean_error: float
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -157,61 +158,90 @@ def _max_abs(diffs) -> float:
     return float(np.max(np.abs(diffs), initial=0.0))
 
 
+def _relative_error(float_output, quantized_output, scale, zero_point) -> float:
+    if float_output.size == 0:
+        return 0.0
+    dequantized = (quantized_output.astype(np.float64) - zero_point) * scale
+    error = np.sqrt(np.mean((dequantized - float_output) ** 2))
+    return float(error / max(np.sqrt(np.mean(np.square(float_output, dtype=np.float64))), 1e-12))
+
+
+def _rmse_over_scale(float_output, quantized_output, scale, zero_point) -> float:
+    dequantized = (quantized_output.astype(np.float64) - zero_point) * scale
+    return float(np.sqrt(np.mean((dequantized - float_output) ** 2)) / scale)
+
+
 def _debugger(converter, samples: Samples, signature: str, denylisted_nodes=()):
-    names = None
-
-    def ordered():  # the debugger feeds inputs positionally, in its interpreter's order
-        for sample in samples[signature]:
-            yield [np.asarray(sample[name]) for name in names]
-
-    options = tf.lite.experimental.QuantizationDebugOptions(
-        # The default max_abs_error fails on the empty tensors of zero-length ops.
-        layer_debug_metrics={"max_abs_error": _max_abs},
-        denylisted_nodes=list(denylisted_nodes),
-    )
+    """A debugger quantizing with ``converter``, fed ``samples[signature]``."""
     debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=converter, debug_dataset=ordered, debug_options=options
+        converter=converter,
+        debug_dataset=_ordered(samples, signature, None),
+        debug_options=tf.lite.experimental.QuantizationDebugOptions(
+            # The default max_abs_error fails on the empty tensors of zero-length ops.
+            layer_debug_metrics={"max_abs_error": _max_abs},
+            denylisted_nodes=list(denylisted_nodes),
+        ),
     )
-    # Interpreter input names are "<signature>_<argument>:0" in argument order.
-    names = [
-        detail["name"].split(":")[0][len(signature) + 1 :]
-        for detail in debugger._quant_interpreter.get_input_details()
-    ]
+    debugger._data_gen = _ordered(samples, signature, debugger._quant_interpreter)
     return debugger
 
 
-def layer_error_report(
-    saved_model: str | Path, samples: Samples, converter_factory
-) -> list[LayerError]:
-    """Every full-int8 op's error against float, worst first, over all signatures.
+def _ordered(samples: Samples, signature: str, interpreter):
+    """The debugger feeds inputs positionally, in its interpreter's input order; the names
+    there are ``<signature>_<argument>:0``."""
 
-    ``converter_factory(signature_keys)`` returns a converter set up for full int8 with a
-    representative dataset (see ``convert.calibrated_converter``).
+    def generate():
+        names = [
+            detail["name"].split(":")[0][len(signature) + 1 :]
+            for detail in interpreter.get_input_details()
+        ]
+        for sample in samples[signature]:
+            yield [np.asarray(sample[name]) for name in names]
+
+    return generate
+
+
+def layer_error_report(samples: Samples, converter_factory) -> list[LayerError]:
+    """Every full-int8 op's error against float on ``samples``, worst first.
+
+    ``converter_factory(signature_keys)`` returns a full-int8 converter for those
+    signatures (e.g. ``functools.partial(convert.make_converter, saved_model,
+    mode="full_int8", samples=samples)``). Each op is compared with the float op run on the
+    same (dequantized) inputs, so an error is the layer's own, not accumulated.
     """
-    del saved_model  # the factory knows it; kept for a readable call site
     report = []
     for signature in samples:
-        debugger = _debugger(converter_factory([signature]), samples, signature)
+        quantizer = _debugger(converter_factory([signature]), samples, signature)
+        # A second debugger over the same instrumented model that keeps every tensor, so that
+        # float and quantized outputs can be compared directly (relative error).
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            quant_debug_model_content=quantizer.quant_model,
+            debug_dataset=quantizer._data_gen,
+            debug_options=tf.lite.experimental.QuantizationDebugOptions(
+                layer_debug_metrics={"max_abs_error": _max_abs},
+                layer_direct_compare_metrics={
+                    "relative_error": _relative_error,
+                    "rmse_over_scale": _rmse_over_scale,
+                },
+            ),
+        )
         debugger.run()
         with tempfile.TemporaryFile("w+") as dump:
             debugger.layer_statistics_dump(dump)
             dump.seek(0)
             rows = list(csv.DictReader(dump))
-        for value in rows:
-            if not _number(value["num_elements"]):
-                continue  # an op with empty outputs loses nothing
-            report.append(
-                LayerError(
-                    signature=signature,
-                    tensor=value["tensor_name"],
-                    # NumericVerify outputs (dequantized - float) differences.
-                    rmse_over_scale=math.sqrt(_number(value["mean_squared_error"]))
-                    / (_number(value["scale"]) or 1.0),
-                    max_abs_error=_number(value["max_abs_error"]),
-                    mean_error=_number(value["mean_error"]),
-                )
+        report += [
+            LayerError(
+                signature=signature,
+                tensor=row["tensor_name"],
+                relative_error=_number(row["relative_error"]),
+                rmse_over_scale=_number(row["rmse_over_scale"]),
+                max_abs_error=_number(row["max_abs_error"]),
             )
-    return sorted(report, key=lambda layer: -layer.rmse_over_scale)
+            for row in rows
+            if _number(row["num_elements"])  # ops with empty outputs lose nothing
+        ]
+    return sorted(report, key=lambda layer: -layer.relative_error)
 
 
 def _number(text: str) -> float:
@@ -223,10 +253,10 @@ def _number(text: str) -> float:
 def select_fallback(
     report: Sequence[LayerError], threshold: float | None = None, count: int | None = None
 ) -> list[str]:
-    """The tensors to leave in float: those above ``threshold`` and/or the ``count`` worst."""
+    """The tensors to leave in float: relative error above ``threshold``, at most ``count``."""
     chosen = list(report)
     if threshold is not None:
-        chosen = [layer for layer in chosen if layer.rmse_over_scale > threshold]
+        chosen = [layer for layer in chosen if layer.relative_error > threshold]
     if count is not None:
         chosen = chosen[:count]
     return [layer.tensor for layer in chosen]

@@ -30,11 +30,16 @@ def padding_mask(token_ids, padding_id: int = 0):
     return ops.not_equal(token_ids, padding_id)
 
 
-def _positions(query_length: int, key_length: int, offset=0):
-    """Absolute query positions ``[T, 1]`` and key positions ``[1, S]`` (int32)."""
-    query_positions = ops.arange(query_length, dtype="int32") + ops.cast(offset, "int32")
-    key_positions = ops.arange(key_length, dtype="int32")
-    return ops.expand_dims(query_positions, 1), ops.expand_dims(key_positions, 0)
+def _key_minus_query(query_length: int, key_length: int):
+    """``[T, S]`` key index minus query index (int32), before any offset.
+
+    Masks compare this constant with the offset instead of adding the offset to positions:
+    then no int32 arithmetic depends on the (tensor) offset, which TFLite's 16x8 quantizer
+    cannot take.
+    """
+    query_positions = ops.expand_dims(ops.arange(query_length, dtype="int32"), 1)
+    key_positions = ops.expand_dims(ops.arange(key_length, dtype="int32"), 0)
+    return key_positions - query_positions
 
 
 def causal_mask(query_length: int, key_length: int | None = None, offset=0):
@@ -43,8 +48,8 @@ def causal_mask(query_length: int, key_length: int | None = None, offset=0):
     ``offset`` may be a Python int or a scalar tensor (the KV-cache write index).
     """
     key_length = query_length if key_length is None else key_length
-    query_positions, key_positions = _positions(query_length, key_length, offset)
-    return ops.less_equal(key_positions, query_positions)
+    # key <= offset + query
+    return ops.less_equal(_key_minus_query(query_length, key_length), ops.cast(offset, "int32"))
 
 
 def sliding_window_mask(
@@ -63,11 +68,13 @@ def sliding_window_mask(
     if window < 1:
         raise ArgumentError(f"sliding window must be >= 1, got window={window}")
     key_length = query_length if key_length is None else key_length
-    query_positions, key_positions = _positions(query_length, key_length, offset)
-    distance = query_positions - key_positions
+    # distance = offset + query - key = offset - relative; 0 <= distance < window, or
+    # |distance| < window, written as comparisons of constants with the offset.
+    relative = _key_minus_query(query_length, key_length)
+    offset = ops.cast(offset, "int32")
     if causal:
-        return ops.logical_and(distance >= 0, distance < window)
-    return ops.abs(distance) < window
+        return ops.logical_and(relative <= offset, relative + window > offset)
+    return ops.logical_and(relative - window < offset, relative + window > offset)
 
 
 def merge_masks(*masks):
