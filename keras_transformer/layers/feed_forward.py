@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from keras_transformer.layers.quantization_points import quantization_point
 from keras_transformer.layers.validation import ArgumentError, clone_initializer
 
 
@@ -28,11 +29,19 @@ class FeedForward(keras.layers.Layer):
         inputs: ``[..., d]``.
         training: enables dropout.
 
+    Quantization points (``QUANTIZATION_POINTS``, see
+    :mod:`keras_transformer.layers.quantization_points`): the activated ``"hidden"`` layer
+    and the ``"output"``.
+
     Example:
     >>> ffn = FeedForward(intermediate_dim=64, activation="silu", gated=True)
     >>> tuple(ffn(keras.ops.ones((2, 3, 16))).shape)
     (2, 3, 16)
     """
+
+    QUANTIZATION_POINTS = ("hidden", "output")
+    # Set by quantization tools to {point name: callable}; None computes in plain float.
+    quantization_points = None
 
     def __init__(
         self,
@@ -94,9 +103,11 @@ class FeedForward(keras.layers.Layer):
             hidden = self.activation(gate) * up
         else:
             hidden = self.activation(hidden)
+        hidden = quantization_point(self, "hidden", hidden)
         hidden = self._dropout_layer(hidden, training=training)
         output = ops.matmul(hidden, self.output_kernel)
-        return output + self.output_bias if self.use_bias else output
+        output = output + self.output_bias if self.use_bias else output
+        return quantization_point(self, "output", output)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.output_dim or input_shape[-1],)

@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_transformer.layers.masks import attention_mask_for
+from keras_transformer.layers.quantization_points import point_function, quantization_point
 from keras_transformer.layers.rotary_embedding import RotaryEmbedding
 from keras_transformer.layers.scaled_dot_product_attention import attend
 from keras_transformer.layers.validation import (
@@ -64,6 +65,15 @@ class MultiHeadAttention(keras.layers.Layer):
         return_attention_scores: also return the weights ``[B, H, T, S]``.
         training: enables dropout.
 
+    Quantization points (``QUANTIZATION_POINTS``, see
+    :mod:`keras_transformer.layers.quantization_points`): the fused self-attention
+    ``"projection"`` (queries, keys and values, before the head split), the cross-attention
+    ``"query_projection"`` and ``"memory_projection"`` (keys and values), the scaled
+    ``"query"``, the raw ``"scores"``, the bounded ``"masked_scores"``, the softmax
+    ``"attention_weights"``, the ``"attention_output"`` (weights times values) and the
+    projected ``"output"``. None sits right after a split or stack: an int8 split shares its
+    input's scale.
+
     Returns:
         ``output`` ``[B, T, output_dim]``; then the attention weights if
         ``return_attention_scores``; then the updated cache if ``cache`` was given.
@@ -74,6 +84,20 @@ class MultiHeadAttention(keras.layers.Layer):
     >>> tuple(mha(x, use_causal_mask=True).shape)
     (2, 10, 64)
     """
+
+    QUANTIZATION_POINTS = (
+        "projection",
+        "query_projection",
+        "memory_projection",
+        "query",
+        "scores",
+        "masked_scores",
+        "attention_weights",
+        "attention_output",
+        "output",
+    )
+    # Set by quantization tools to {point name: callable}; None computes in plain float.
+    quantization_points = None
 
     def __init__(
         self,
@@ -206,11 +230,13 @@ class MultiHeadAttention(keras.layers.Layer):
             if self.use_bias
             else None
         )
-        return self._split_heads(self._project(x, kernel, bias), self.num_heads)
+        projected = quantization_point(self, "projection", self._project(x, kernel, bias))
+        return self._split_heads(projected, self.num_heads)
 
     def _project_memory(self, value):
         """Keys and values of a memory (cross-attention), head-major."""
         projected = self._project(value, self.key_value_kernel, self._bias("key_value_bias"))
+        projected = quantization_point(self, "memory_projection", projected)
         return self._split_heads(projected, 0)[1:]
 
     def compute_key_value_cache(self, value, key=None):
@@ -255,8 +281,9 @@ class MultiHeadAttention(keras.layers.Layer):
                 q = self._rotary(q, start_index=start, sequence_axis=2)
                 k = self._rotary(k, start_index=start, sequence_axis=2)
         else:
+            projected = self._project(query, self.query_kernel, self._bias("query_bias"))
             q = self._to_heads(
-                self._project(query, self.query_kernel, self._bias("query_bias")),
+                quantization_point(self, "query_projection", projected),
                 self.num_heads,
                 self.key_dim,
             )
@@ -293,12 +320,15 @@ class MultiHeadAttention(keras.layers.Layer):
             dropout_rate=self.dropout,
             training=bool(training) and self.dropout > 0,
             seed=self._seed_generator,
+            quantize=point_function(self),
         )
         attended = ops.reshape(
             ops.transpose(attended, (0, 2, 1, 3)),
             (batch, query_length, self.num_heads * self.value_dim),
         )
-        output = self._project(attended, self.output_kernel, self._bias("output_bias"))
+        output = quantization_point(
+            self, "output", self._project(attended, self.output_kernel, self._bias("output_bias"))
+        )
 
         results = (output,)
         if return_attention_scores:

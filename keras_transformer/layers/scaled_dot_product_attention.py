@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_transformer.layers.masks import causal_mask
+from keras_transformer.layers.quantization_points import QUANTIZED_MASK_VALUE
 from keras_transformer.layers.validation import ArgumentError
 
 # Added to masked scores before the softmax. Finite (not -inf) so a row with every key
@@ -102,11 +103,28 @@ def scaled_dot_product_attention(
     return attend(query, key, value, mask, dropout_rate, scale, training, seed)
 
 
-def attend(query, key, value, mask=None, dropout_rate=0.0, scale=None, training=False, seed=None):
+def attend(
+    query,
+    key,
+    value,
+    mask=None,
+    dropout_rate=0.0,
+    scale=None,
+    training=False,
+    seed=None,
+    quantize=None,
+):
     """:func:`scaled_dot_product_attention` without argument checks: the layers' hot path.
 
     Shapes as there: ``[B, H, T, D]`` queries, ``[B, H_kv, S, D]`` keys and values.
+
+    ``quantize``: optional ``f(point, tensor) -> tensor`` applied at the fake-quantization
+    points ``"query"`` (scaled), ``"scores"``, ``"masked_scores"``, ``"attention_weights"``
+    and ``"attention_output"``; with it, masked scores are bounded
+    (:data:`~keras_transformer.layers.quantization_points.QUANTIZED_MASK_VALUE`) instead of
+    pushed to -1e9. ``None`` (the default) leaves the math as it is.
     """
+    point = quantize or (lambda name, x: x)
     batch, query_length = ops.shape(query)[0], ops.shape(query)[2]
     key_length = ops.shape(key)[2]
     heads, kv_heads = query.shape[1], key.shape[1]
@@ -119,19 +137,23 @@ def attend(query, key, value, mask=None, dropout_rate=0.0, scale=None, training=
     # reshape, so each key/value head is read once for its G query heads (no repeat), and
     # both products are plain batched matmuls (5-D einsums were 3x slower to differentiate).
     query = ops.reshape(
-        query * ops.cast(scale, query.dtype), (batch, kv_heads, groups * query_length, depth)
+        point("query", query * ops.cast(scale, query.dtype)),
+        (batch, kv_heads, groups * query_length, depth),
     )
     scores = ops.matmul(query, ops.swapaxes(key, -1, -2))
-    scores = ops.reshape(scores, (batch, heads, query_length, key_length))
+    scores = point("scores", ops.reshape(scores, (batch, heads, query_length, key_length)))
     compute_dtype = keras.backend.standardize_dtype(scores.dtype)
     if compute_dtype in _HALF_DTYPES:
         scores = ops.cast(scores, "float32")  # softmax in float32 under mixed precision
     if mask is not None:
         mask = ops.cast(mask, "bool")
-        # An additive bias built on the small mask, not a select on the large scores: its
-        # backward pass is the identity.
-        scores = scores + ops.where(mask, 0.0, MASK_VALUE)
-    weights = ops.softmax(scores, axis=-1)
+        if quantize is None:
+            # An additive bias built on the small mask, not a select on the large scores:
+            # its backward pass is the identity.
+            scores = scores + ops.where(mask, 0.0, MASK_VALUE)
+        else:
+            scores = point("masked_scores", _bounded_masked_scores(scores, mask))
+    weights = point("attention_weights", ops.softmax(scores, axis=-1))
     if mask is not None:
         # A fully masked row has a uniform softmax; multiplying by the mask zeroes it.
         weights = weights * ops.cast(mask, weights.dtype)
@@ -142,4 +164,13 @@ def attend(query, key, value, mask=None, dropout_rate=0.0, scale=None, training=
         attended = keras.random.dropout(weights, dropout_rate, seed=seed)
     attended = ops.reshape(attended, (batch, kv_heads, groups * query_length, key_length))
     output = ops.reshape(ops.matmul(attended, value), (batch, heads, query_length, value_depth))
-    return output, weights
+    return point("attention_output", output), weights
+
+
+def _bounded_masked_scores(scores, mask):
+    """Scores with the row maximum (over unmasked keys) at 0, clipped to
+    ``[QUANTIZED_MASK_VALUE, 0]``, masked keys at the bound: a small, fixed range for int8."""
+    floor = ops.min(scores, axis=-1, keepdims=True)
+    scores = ops.where(mask, scores, floor)  # masked keys no longer set the row maximum
+    scores = ops.maximum(scores - ops.max(scores, axis=-1, keepdims=True), QUANTIZED_MASK_VALUE)
+    return ops.where(mask, scores, QUANTIZED_MASK_VALUE)
