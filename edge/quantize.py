@@ -20,6 +20,7 @@ import math
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
@@ -171,7 +172,7 @@ def _rmse_over_scale(float_output, quantized_output, scale, zero_point) -> float
     return float(np.sqrt(np.mean((dequantized - float_output) ** 2)) / scale)
 
 
-def _debugger(converter, samples: Samples, signature: str, denylisted_nodes=()):
+def _debugger(converter, samples: Samples, signature: str, denylisted_nodes=(), denylisted_ops=()):
     """A debugger quantizing with ``converter``, fed ``samples[signature]``."""
     debugger = tf.lite.experimental.QuantizationDebugger(
         converter=converter,
@@ -180,6 +181,7 @@ def _debugger(converter, samples: Samples, signature: str, denylisted_nodes=()):
             # The default max_abs_error fails on the empty tensors of zero-length ops.
             layer_debug_metrics={"max_abs_error": _max_abs},
             denylisted_nodes=list(denylisted_nodes),
+            denylisted_ops=list(denylisted_ops),
         ),
     )
     debugger._data_gen = _ordered(samples, signature, debugger._quant_interpreter)
@@ -201,17 +203,20 @@ def _ordered(samples: Samples, signature: str, interpreter):
     return generate
 
 
-def layer_error_report(samples: Samples, converter_factory) -> list[LayerError]:
+def layer_error_report(saved_model: str | Path, samples: Samples) -> list[LayerError]:
     """Every full-int8 op's error against float on ``samples``, worst first.
 
-    ``converter_factory(signature_keys)`` returns a full-int8 converter for those
-    signatures (e.g. ``functools.partial(convert.make_converter, saved_model,
-    mode="full_int8", samples=samples)``). Each op is compared with the float op run on the
-    same (dequantized) inputs, so an error is the layer's own, not accumulated.
+    ``saved_model``: the export of ``convert.export_saved_model``. Each op is compared with
+    the float op run on the same (dequantized) inputs, so an error is the layer's own, not
+    accumulated from the layers before it.
     """
+    from keras_transformer_edge.convert import make_converter  # convert imports this module
+
     report = []
     for signature in samples:
-        quantizer = _debugger(converter_factory([signature]), samples, signature)
+        own = {signature: samples[signature]}
+        converter = make_converter(saved_model, [signature], "full_int8", own)
+        quantizer = _debugger(converter, samples, signature)
         # A second debugger over the same instrumented model that keeps every tensor, so that
         # float and quantized outputs can be compared directly (relative error).
         debugger = tf.lite.experimental.QuantizationDebugger(
@@ -262,8 +267,11 @@ def select_fallback(
     return [layer.tensor for layer in chosen]
 
 
-def quantize_with_fallback(converter, samples: Samples, denylisted_nodes: Sequence[str]) -> bytes:
-    """Full int8 of all of the converter's signatures, with ``denylisted_nodes`` in float."""
+def quantize_with_fallback(
+    converter, samples: Samples, denylisted_nodes: Sequence[str] = (), denylisted_ops=()
+) -> bytes:
+    """Full int8 of all of the converter's signatures, leaving in float the ops that write
+    ``denylisted_nodes`` and every op of the types ``denylisted_ops`` (e.g. ``"SOFTMAX"``)."""
     signature = next(iter(samples))
-    debugger = _debugger(converter, samples, signature, denylisted_nodes)
+    debugger = _debugger(converter, samples, signature, denylisted_nodes, denylisted_ops)
     return debugger.get_nondebug_quantized_model()

@@ -1,0 +1,303 @@
+"""The trained translation model on the device runtime: size, speed and quality per mode.
+
+For each quantization mode the run is converted and bundled (``bundle_from_run``), then the
+TF-free runtime (``keras_transformer_edge.runtime``) translates held-out sentences greedily,
+batch 1, on this CPU; BLEU is scored with sacreBLEU against the references and compared with
+the Keras fp32 model's own greedy translations of the same sentences.
+
+Two speed ratios, each measured side by side in this one process:
+
+- ``cached_vs_recompute``: tokens/s of the cached ``decode`` signature over re-running the
+  whole decoder on the prefix at every step (both TFLite fp32, the same weights, 64 new
+  tokens from the same encoded source, end token ignored so both write exactly 64).
+- ``tflite_vs_keras_generation``: tokens/s of the runtime's greedy translation (fp32) over
+  the project's best Keras generation of the same model: ``translation_recipe.Translator``
+  (KV cache, one compiled tf.function, batch 1), on the same sentences.
+
+    python benchmarks/edge.py [--run runs/quality/ours] [--sentences 300]
+        [--modes fp32,float16,dynamic_int8,full_int8] [--threads 2]
+
+Without a trained run at ``--run``, recipes/en-fr.yaml trains one there first for
+``--train-seconds`` (about 32 BLEU after 600 s on 2 cores). The last line printed is one JSON
+object: ``modes`` (size_bytes, size_vs_fp32, decode_p50_ms, tokens_per_s, bleu, bleu_delta,
+top1_agreement with Keras greedy tokens), ``keras``, ``cached_vs_recompute``,
+``tflite_vs_keras_generation``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from keras_transformer_edge.bundle import bundle_from_run  # noqa: E402
+from keras_transformer_edge.convert import convert, seq2seq_endpoints  # noqa: E402
+from keras_transformer_edge.runtime.interpreter import LiteModel  # noqa: E402
+from keras_transformer_edge.runtime.translator import Translator as DeviceTranslator  # noqa: E402
+from keras_transformer_pipelines import translation_recipe  # noqa: E402
+from keras_transformer_pipelines.config import load_recipe  # noqa: E402
+from keras_transformer_pipelines.metrics import bleu  # noqa: E402
+from keras_transformer_pipelines.translation_data import translation_dataset  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+NEW_TOKENS = 64
+
+
+def trained_run(run: Path, train_seconds: float) -> Path:
+    if (run / "model.keras").is_file():
+        return run
+    recipe = load_recipe(
+        ROOT / "recipes" / "en-fr.yaml",
+        {"output_dir": str(run), "training.time_budget_s": train_seconds},
+    )
+    translation_recipe.train(recipe)
+    return run
+
+
+def held_out(run: Path, count: int) -> list[tuple[str, str]]:
+    recipe = load_recipe(run / "recipe.json", {"output_dir": str(run)})
+    pairs = translation_recipe.read_pairs(translation_recipe.split_paths(recipe)["test"], False)
+    return pairs[:count]
+
+
+def calibration_batches(run: Path, model, tokenizer, count: int = 64):
+    """The first shuffled training batches, as the training pipeline makes them."""
+    recipe = load_recipe(run / "recipe.json", {"output_dir": str(run)})
+    pairs = translation_recipe.read_pairs(translation_recipe.split_paths(recipe)["train"], False)
+    dataset = translation_dataset(
+        pairs,
+        tokenizer,
+        model.encoder_sequence_length,
+        model.decoder_sequence_length,
+        batch_size=count,
+        shuffle=True,
+        seed=0,
+    )
+    return list(dataset.take(1).as_numpy_iterator())
+
+
+def keras_greedy(model, tokenizer, sources: list[str]) -> tuple[list[list[int]], float]:
+    """Token ids of Keras greedy decoding, batch 1, and its tokens per second."""
+    translator = translation_recipe.Translator(model, tokenizer, beam_size=1, batch_size=1)
+    translator([sources[0]])  # trace the graph once, outside the timing
+    ids, generated, began = [], 0, time.perf_counter()
+    for source in sources:
+        row = translator._decode(tf.constant(translator.ids([source]))).numpy()[0]
+        tokens = [int(t) for t in row if t != 0]  # as written, the end token last
+        generated += len(tokens)
+        ids.append(tokens)
+    return ids, generated / (time.perf_counter() - began)
+
+
+def without_end(tokens: list[int], end_id: int = 2) -> list[int]:
+    return tokens[: tokens.index(end_id)] if end_id in tokens else tokens
+
+
+def device_greedy(bundle: Path, sources: list[str], threads: int) -> dict:
+    translator = DeviceTranslator.from_bundle(bundle, num_threads=threads)
+    translator.translate(sources[0], beam_size=1)  # first inference outside the timing
+    ids, steps, generated, began = [], [], 0, time.perf_counter()
+    for source in sources:
+        tokens = translator.translate_ids(translator.source_ids(source), beam_size=1)
+        generated += len(tokens)
+        ids.append(tokens)
+    seconds = time.perf_counter() - began
+    for _ in range(NEW_TOKENS):  # per-step latency of the decode signature alone
+        steps.append(_time_decode_step(translator))
+    return {
+        "ids": ids,
+        "texts": [translator.decode(without_end(tokens)) for tokens in ids],
+        "tokens_per_s": generated / seconds,
+        "decode_p50_ms": float(np.median(steps) * 1e3),
+    }
+
+
+def _time_decode_step(translator) -> float:
+    model = translator.model
+    if not hasattr(translator, "_bench_inputs"):
+        encoded = model.run("encode", source_ids=np.zeros((1, translator.source_length), np.int32))
+        translator._bench_inputs = dict(
+            token=np.ones((1, 1), np.int32),
+            cache=np.zeros(*model.input_spec("decode", "cache")),
+            index=np.array(3, np.int32),
+            **encoded,
+        )
+    began = time.perf_counter()
+    model.run("decode", **translator._bench_inputs)
+    return time.perf_counter() - began
+
+
+def recompute_endpoints(model):
+    """``encode`` and ``decode_all``: the whole decoder on a fixed-length prefix, no cache."""
+    endpoints = seq2seq_endpoints(model)
+    length = model.decoder_sequence_length
+    cross = endpoints["decode"][1][3]
+
+    def decode_all(decoder_ids, cross_attention_cache, source_mask):
+        x = model.decoder_embedding(decoder_ids)
+        x = model.decoder(
+            x,
+            decoder_padding_mask=tf.not_equal(decoder_ids, 0),
+            encoder_padding_mask=source_mask,
+            cross_attention_cache=cross_attention_cache,
+        )
+        return {"logits": model.output_head(x)}
+
+    return {
+        "encode": endpoints["encode"],
+        "decode_all": (
+            decode_all,
+            [
+                tf.TensorSpec((1, length), tf.int32),
+                cross,
+                tf.TensorSpec((1, model.encoder_sequence_length), tf.bool),
+            ],
+        ),
+    }
+
+
+def cached_vs_recompute(model, cached_bundle: Path, source_ids: np.ndarray, threads: int) -> dict:
+    """Tokens/s for ``NEW_TOKENS`` greedy tokens: cached steps vs the re-run decoder."""
+    cached = LiteModel(cached_bundle / "model.tflite", threads)
+    with tempfile.NamedTemporaryFile(suffix=".tflite") as file:
+        file.write(convert(model, recompute_endpoints(model), "fp32"))
+        file.flush()
+        recompute = LiteModel(file.name, threads)
+
+        def run_cached() -> list[int]:
+            encoded = cached.run("encode", source_ids=source_ids)
+            cache, token, tokens = np.zeros(*cached.input_spec("decode", "cache")), 1, []
+            for index in range(NEW_TOKENS):
+                out = cached.run(
+                    "decode",
+                    token=np.array([[token]], np.int32),
+                    cache=cache,
+                    index=np.array(index, np.int32),
+                    **encoded,
+                )
+                cache, token = out["cache"], int(out["logits"][0, -1].argmax())
+                tokens.append(token)
+            return tokens
+
+        def run_recompute() -> list[int]:
+            encoded = recompute.run("encode", source_ids=source_ids)
+            prefix, tokens = np.zeros((1, model.decoder_sequence_length), np.int32), []
+            prefix[0, 0] = 1
+            for index in range(NEW_TOKENS):
+                logits = recompute.run("decode_all", decoder_ids=prefix, **encoded)["logits"]
+                token = int(logits[0, index].argmax())
+                tokens.append(token)
+                if index + 1 < prefix.shape[1]:
+                    prefix[0, index + 1] = token
+            return tokens
+
+        timings = {}
+        for name, run in (("cached", run_cached), ("recompute", run_recompute)):
+            run()  # warm-up
+            began = time.perf_counter()
+            tokens = [run() for _ in range(3)][-1]
+            timings[name] = {"tokens_per_s": 3 * NEW_TOKENS / (time.perf_counter() - began)}
+            timings[name]["tokens"] = tokens
+    agree = float(np.mean(np.equal(timings["cached"]["tokens"], timings["recompute"]["tokens"])))
+    return {
+        "cached_tokens_per_s": round(timings["cached"]["tokens_per_s"], 1),
+        "recompute_tokens_per_s": round(timings["recompute"]["tokens_per_s"], 1),
+        "ratio": round(timings["cached"]["tokens_per_s"] / timings["recompute"]["tokens_per_s"], 2),
+        "same_tokens": agree,
+    }
+
+
+def top1_agreement(reference: list[list[int]], candidate: list[list[int]]) -> float:
+    """Share of positions where two greedy decodes write the same token (up to the shorter)."""
+    same = total = 0
+    for ref, cand in zip(reference, candidate, strict=True):
+        length = min(len(ref), len(cand))
+        same += sum(a == b for a, b in zip(ref[:length], cand[:length]))
+        total += max(len(ref), len(cand))
+    return same / max(total, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", type=Path, default=ROOT / "runs" / "quality" / "ours")
+    parser.add_argument("--sentences", type=int, default=300)
+    parser.add_argument("--modes", default="fp32,float16,dynamic_int8,full_int8")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--train-seconds", type=float, default=600.0)
+    parser.add_argument("--work-dir", type=Path, default=ROOT / "runs" / "edge")
+    args = parser.parse_args()
+
+    run = trained_run(args.run, args.train_seconds)
+    model, tokenizer = translation_recipe.load_trained(run, "model")
+    pairs = held_out(run, args.sentences)
+    sources, references = [source for source, _ in pairs], [target for _, target in pairs]
+
+    keras_ids, keras_tokens_per_s = keras_greedy(model, tokenizer, sources)
+    keras_texts = [translation_recipe.ids_to_text(tokenizer, without_end(t)) for t in keras_ids]
+    keras_bleu = bleu(keras_texts, references)
+    print(f"keras fp32: BLEU {keras_bleu:.2f}, {keras_tokens_per_s:.1f} tokens/s", flush=True)
+
+    calibration = calibration_batches(run, model, tokenizer)
+    modes, bundles = {}, {}
+    for mode in args.modes.split(","):
+        bundle = args.work_dir / mode
+        began = time.perf_counter()
+        bundle_from_run(run, bundle, mode, calibration=calibration)
+        convert_seconds = time.perf_counter() - began
+        result = device_greedy(bundle, sources, args.threads)
+        size = (bundle / "model.tflite").stat().st_size
+        modes[mode] = {
+            "size_bytes": size,
+            "convert_s": round(convert_seconds, 1),
+            "decode_p50_ms": round(result["decode_p50_ms"], 3),
+            "tokens_per_s": round(result["tokens_per_s"], 1),
+            "bleu": round(bleu(result["texts"], references), 2),
+            "top1_agreement": round(top1_agreement(keras_ids, result["ids"]), 4),
+        }
+        modes[mode]["bleu_delta"] = round(modes[mode]["bleu"] - keras_bleu, 2)
+        bundles[mode] = bundle
+        print(mode, modes[mode], flush=True)
+    if "fp32" in modes:
+        for entry in modes.values():
+            entry["size_vs_fp32"] = round(entry["size_bytes"] / modes["fp32"]["size_bytes"], 4)
+
+    source_ids = DeviceTranslator.from_bundle(bundles[next(iter(bundles))]).source_ids(sources[0])
+    padded = np.zeros((1, model.encoder_sequence_length), np.int32)
+    padded[0, : len(source_ids)] = source_ids
+    recompute = cached_vs_recompute(
+        model, bundles.get("fp32", bundles[next(iter(bundles))]), padded, args.threads
+    )
+    shutil.rmtree(args.work_dir / "tmp", ignore_errors=True)
+    reference_mode = "fp32" if "fp32" in modes else next(iter(modes))
+    print(
+        json.dumps(
+            {
+                "sentences": len(pairs),
+                "threads": args.threads,
+                "keras": {
+                    "bleu": round(keras_bleu, 2),
+                    "tokens_per_s": round(keras_tokens_per_s, 1),
+                },
+                "modes": modes,
+                "cached_vs_recompute": recompute["ratio"],
+                "cached_vs_recompute_detail": recompute,
+                "tflite_vs_keras_generation": round(
+                    modes[reference_mode]["tokens_per_s"] / keras_tokens_per_s, 2
+                ),
+                "tflite_vs_keras_mode": reference_mode,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
