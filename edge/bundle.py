@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -180,7 +182,7 @@ def write_bundle(
             "files": {name: _file_entry(scratch / name) for name in (MODEL_FILE, TOKENIZER_FILE)},
         }
         manifest["checksum"] = manifest_checksum(manifest)
-        text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
+        text = _compact_shapes(json.dumps(manifest, indent=2, ensure_ascii=False)) + "\n"
         (scratch / MANIFEST_FILE).write_text(text, encoding="utf-8")
         load_bundle(scratch)  # what the device will check, checked before it is in place
         _replace(scratch, directory)
@@ -188,6 +190,15 @@ def write_bundle(
         shutil.rmtree(scratch, ignore_errors=True)
         raise
     return directory
+
+
+def _compact_shapes(text: str) -> str:
+    """Lists of integers (shapes) on one line: ``[1, 64]``, not one number a line."""
+    return re.sub(
+        r"\[\n\s*(-?\d+(?:,\n\s*-?\d+)*)\n\s*\]",  # real newlines: never inside a JSON string
+        lambda match: "[" + ", ".join(re.split(r",\n\s*", match.group(1))) + "]",
+        text,
+    )
 
 
 def _file_entry(path: Path) -> dict[str, Any]:
@@ -212,6 +223,7 @@ def bundle_from_run(
     which: str = "model",
     beam_size: int | None = None,
     prefill_length: int | None = None,
+    calibration: Iterable | None = None,
 ) -> Path:
     """Convert a finished pipeline run (any of the four tasks) and write its bundle.
 
@@ -223,6 +235,7 @@ def bundle_from_run(
         beam_size: rows of the ``decode_beam`` signature (translation); default: the recipe's.
         prefill_length: tokens of the ``prefill`` signature (language model); default: 32 or
             the context if shorter.
+        calibration: model-input batches for the calibrated modes (see ``convert.convert``).
     """
     from keras_transformer_edge.convert import (
         classifier_endpoints,
@@ -265,7 +278,7 @@ def bundle_from_run(
         vocabulary_size = model.vocabulary_size
     return write_bundle(
         output,
-        convert(model, endpoints, mode),
+        convert(model, endpoints, mode, calibration),
         kind=kind,
         tokenizer_directory=tokenizer_directory,
         quantization=mode,
