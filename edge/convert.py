@@ -199,11 +199,20 @@ def convert_saved_model(
     converter = make_converter(directory, signature_keys, mode, samples)
     if float_fallback and mode != "full_int8":
         raise ConversionError(f"float_fallback applies to full_int8 only, not {mode!r}")
-    with _one_line_errors():
-        if float_fallback:
-            flatbuffer = quantize_with_fallback(converter, samples, float_fallback)
-        else:
-            flatbuffer = converter.convert()
+    try:
+        with _one_line_errors():
+            if float_fallback:
+                flatbuffer = quantize_with_fallback(converter, samples, float_fallback)
+            else:
+                flatbuffer = converter.convert()
+    except ConversionError as error:
+        if mode == "int16_activations" and "Max and min for dynamic tensors" in str(error):
+            raise ConversionError(
+                "int16_activations: TFLite's 16x8 quantizer cannot calibrate the integer "
+                "token-id inputs every model here has (tensorflow/tensorflow#60799); use "
+                "full_int8 or dynamic_int8"
+            ) from None
+        raise
     check_builtin_ops(flatbuffer)
     return flatbuffer
 

@@ -142,7 +142,9 @@ def seq2seq_parity(
     source = _pad(inputs["encoder_token_ids"], model.encoder_sequence_length)
     decoder_ids = np.asarray(inputs["decoder_token_ids"], np.int32)
     interpreter = _interpreter(flatbuffer)
-    keras_logits = np.asarray(model({"encoder_token_ids": source, "decoder_token_ids": decoder_ids}))
+    keras_logits = np.asarray(
+        model({"encoder_token_ids": source, "decoder_token_ids": decoder_ids})
+    )
     report = _compare(keras_logits, _seq2seq_logits(interpreter, source, decoder_ids), labels != 0)
     max_length = max_length or model.decoder_sequence_length
     keras_texts = [detokenize(ids) for ids in _keras_greedy(model, source, max_length)]
@@ -172,7 +174,9 @@ def language_model_parity(model, flatbuffer: bytes, batch) -> dict:
         out = prefill(tokens=row[:, :prompt], cache=np.zeros(cache_spec["shape"], np.float32))
         logits, cache = [out["logits"][0]], out["cache"]
         for index in range(prompt, length):
-            out = decode(token=row[:, index : index + 1], cache=cache, index=np.array(index, np.int32))
+            out = decode(
+                token=row[:, index : index + 1], cache=cache, index=np.array(index, np.int32)
+            )
             logits.append(out["logits"][0])
             cache = out["cache"]
         rows.append(np.concatenate(logits))
