@@ -41,12 +41,14 @@ import tensorflow as tf  # noqa: E402
 
 from keras_transformer_edge.bundle import bundle_from_run  # noqa: E402
 from keras_transformer_edge.convert import convert, seq2seq_endpoints  # noqa: E402
+from keras_transformer_edge.parity import ParityError  # noqa: E402
+from keras_transformer_edge.run_data import run_recipe  # noqa: E402
+from keras_transformer_edge.runtime.bundle import load_bundle  # noqa: E402
 from keras_transformer_edge.runtime.interpreter import LiteModel  # noqa: E402
 from keras_transformer_edge.runtime.translator import Translator as DeviceTranslator  # noqa: E402
 from keras_transformer_pipelines import translation_recipe  # noqa: E402
 from keras_transformer_pipelines.config import load_recipe  # noqa: E402
 from keras_transformer_pipelines.metrics import bleu  # noqa: E402
-from keras_transformer_pipelines.translation_data import translation_dataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 NEW_TOKENS = 64
@@ -64,25 +66,9 @@ def trained_run(run: Path, train_seconds: float) -> Path:
 
 
 def held_out(run: Path, count: int) -> list[tuple[str, str]]:
-    recipe = load_recipe(run / "recipe.json", {"output_dir": str(run)})
+    recipe = run_recipe(run)
     pairs = translation_recipe.read_pairs(translation_recipe.split_paths(recipe)["test"], False)
     return pairs[:count]
-
-
-def calibration_batches(run: Path, model, tokenizer, count: int = 64):
-    """The first shuffled training batches, as the training pipeline makes them."""
-    recipe = load_recipe(run / "recipe.json", {"output_dir": str(run)})
-    pairs = translation_recipe.read_pairs(translation_recipe.split_paths(recipe)["train"], False)
-    dataset = translation_dataset(
-        pairs,
-        tokenizer,
-        model.encoder_sequence_length,
-        model.decoder_sequence_length,
-        batch_size=count,
-        shuffle=True,
-        seed=0,
-    )
-    return list(dataset.take(1).as_numpy_iterator())
 
 
 def keras_greedy(model, tokenizer, sources: list[str]) -> tuple[list[list[int]], float]:
@@ -246,12 +232,16 @@ def main() -> None:
     keras_bleu = bleu(keras_texts, references)
     print(f"keras fp32: BLEU {keras_bleu:.2f}, {keras_tokens_per_s:.1f} tokens/s", flush=True)
 
-    calibration = calibration_batches(run, model, tokenizer)
     modes, bundles = {}, {}
     for mode in args.modes.split(","):
         bundle = args.work_dir / mode
         began = time.perf_counter()
-        bundle_from_run(run, bundle, mode, calibration=calibration)
+        try:  # calibration (train split) and the parity gate (valid split) are the run's own
+            bundle_from_run(run, bundle, mode)
+        except ParityError as error:
+            modes[mode] = {"error": str(error)}
+            print(mode, modes[mode], flush=True)
+            continue
         convert_seconds = time.perf_counter() - began
         result = device_greedy(bundle, sources, args.threads)
         size = (bundle / "model.tflite").stat().st_size
@@ -264,11 +254,13 @@ def main() -> None:
             "top1_agreement": round(top1_agreement(keras_ids, result["ids"]), 4),
         }
         modes[mode]["bleu_delta"] = round(modes[mode]["bleu"] - keras_bleu, 2)
+        modes[mode]["parity"] = load_bundle(bundle).manifest["extra"]["parity"]
         bundles[mode] = bundle
         print(mode, modes[mode], flush=True)
     if "fp32" in modes:
         for entry in modes.values():
-            entry["size_vs_fp32"] = round(entry["size_bytes"] / modes["fp32"]["size_bytes"], 4)
+            if "size_bytes" in entry:
+                entry["size_vs_fp32"] = round(entry["size_bytes"] / modes["fp32"]["size_bytes"], 4)
 
     source_ids = DeviceTranslator.from_bundle(bundles[next(iter(bundles))]).source_ids(sources[0])
     padded = np.zeros((1, model.encoder_sequence_length), np.int32)

@@ -14,10 +14,13 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the parity gate needs TensorFlow; writing a bundle alone does not
+    from keras_transformer_edge.parity import Tolerance
 
 from keras_transformer_edge.runtime.bundle import (
     FORMAT_NAME,
@@ -224,8 +227,16 @@ def bundle_from_run(
     beam_size: int | None = None,
     prefill_length: int | None = None,
     calibration: Iterable | None = None,
+    parity_examples: int = 64,
+    tolerance: Tolerance | None = None,
+    float_fallback: Sequence[str] = (),
 ) -> Path:
     """Convert a finished pipeline run (any of the four tasks) and write its bundle.
+
+    The converted model must pass the parity gate (:mod:`keras_transformer_edge.parity`) on
+    ``parity_examples`` held-out examples before anything is written: otherwise
+    :class:`~keras_transformer_edge.parity.ParityError` (one line), and the bundle folder is
+    left as it was. The report goes into the manifest's ``extra.parity``.
 
     Args:
         run_dir: the run's ``output_dir`` (``recipe.json``, ``model.keras``, ``tokenizer/``).
@@ -235,23 +246,29 @@ def bundle_from_run(
         beam_size: rows of the ``decode_beam`` signature (translation); default: the recipe's.
         prefill_length: tokens of the ``prefill`` signature (language model); default: 32 or
             the context if shorter.
-        calibration: model-input batches for the calibrated modes (see ``convert.convert``).
+        calibration: model-input batches for the calibrated modes (see ``convert.convert``);
+            default: 64 shuffled examples of the run's train split.
+        parity_examples: held-out examples the parity gate runs on (0: no gate).
+        tolerance: the gate's bounds; default: ``parity.TOLERANCES[mode]``.
+        float_fallback: ops left in float in ``full_int8`` (``quantize.select_fallback``).
     """
     from keras_transformer_edge.convert import (
+        CALIBRATED_MODES,
         classifier_endpoints,
         convert,
         language_model_endpoints,
         seq2seq_endpoints,
     )
-    from keras_transformer_pipelines.config import recipe_from_dict
+    from keras_transformer_edge.parity import gate
+    from keras_transformer_edge.run_data import first_batch, parity_report, run_recipe
     from keras_transformer_pipelines.task_recipes import LABEL_FILES
-    from keras_transformer_pipelines.training import load_model
+    from keras_transformer_pipelines.translation_recipe import load_trained
 
     run_dir = Path(run_dir)
-    recipe = recipe_from_dict(json.loads((run_dir / "recipe.json").read_text(encoding="utf-8")))
+    recipe = run_recipe(run_dir)
     tokenizer_directory = run_dir / "tokenizer"
-    sentencepiece_model(tokenizer_directory)  # fail before the slow conversion
-    model = load_model(run_dir, which)
+    tokenizer_file = sentencepiece_model(tokenizer_directory)  # fail before the conversion
+    model, tokenizer = load_trained(run_dir, which)
     kind, labels, decoding = RUN_KINDS[recipe.task], None, {}
     if kind == "seq2seq":
         beam_size = beam_size or recipe.decoding.beam_size
@@ -276,9 +293,18 @@ def bundle_from_run(
         labels = (run_dir / LABEL_FILES[recipe.task]).read_text(encoding="utf-8").split("\n")[:-1]
         lengths = {"tokens": model.sequence_length}
         vocabulary_size = model.vocabulary_size
+    if mode in CALIBRATED_MODES and calibration is None:
+        calibration = [first_batch(recipe, model, tokenizer, "train", 64, shuffle=True)]
+    flatbuffer = convert(model, endpoints, mode, calibration, float_fallback)
+    extra = {"run": {"task": recipe.task, "checkpoint": which}}
+    if parity_examples:
+        report = parity_report(
+            recipe, model, tokenizer, tokenizer_file, flatbuffer, parity_examples
+        )
+        extra["parity"] = gate(report, mode, tolerance)  # raises before anything is written
     return write_bundle(
         output,
-        convert(model, endpoints, mode, calibration),
+        flatbuffer,
         kind=kind,
         tokenizer_directory=tokenizer_directory,
         quantization=mode,
@@ -286,5 +312,5 @@ def bundle_from_run(
         vocabulary_size=vocabulary_size,
         max_lengths=lengths,
         decoding=decoding,
-        extra={"run": {"task": recipe.task, "checkpoint": which}},
+        extra=extra,
     )

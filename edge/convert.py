@@ -31,6 +31,7 @@ from keras_transformer.models import (
 )
 from keras_transformer_edge.quantize import (
     Samples,
+    bounded_attention,
     classifier_samples,
     language_model_samples,
     quantize_with_fallback,
@@ -275,10 +276,13 @@ def convert(
     ``calibration``: model-input batches from the training pipeline, for the calibrated
     modes (run through the fp32 model to get every signature's inputs).
     """
+    calibrated = mode in CALIBRATED_MODES
     with tempfile.TemporaryDirectory() as scratch:
-        saved = export_saved_model(model, endpoints, Path(workdir or scratch) / "saved_model")
+        # Integer activations need attention scores with a small range: see bounded_attention.
+        with bounded_attention(model) if calibrated else contextlib.nullcontext():
+            saved = export_saved_model(model, endpoints, Path(workdir or scratch) / "saved_model")
         samples = None
-        if mode in CALIBRATED_MODES:
+        if calibrated:
             if calibration is None:
                 raise ConversionError(f"mode {mode!r} needs calibration batches")
             float_flatbuffer = convert_saved_model(saved, endpoints, "fp32")

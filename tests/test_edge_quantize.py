@@ -167,3 +167,15 @@ def test_language_model_parity_runs_prefill_and_decode(rng):
     report = parity.gate(report, "fp32")
     assert report["max_abs_error"] < 1e-4 and report["top1_agreement"] == 1.0
     assert report["metric"] == "next_token_accuracy"
+
+
+def test_full_int8_with_bounded_scores_passes_the_gate(reversal_export):
+    model, endpoints, *_ = reversal_export
+    inputs, _ = _batch(seed=6)
+    flatbuffer = convert(model, endpoints, "full_int8", calibration=[inputs])
+    report = _seq2seq_gate(model, flatbuffer, "full_int8")
+    assert report["top1_agreement"] >= 0.98 and report["metric_drop"] <= 1.0
+    # The model itself is left as it was: no quantization points stay attached.
+    assert all(
+        getattr(layer, "quantization_points", None) is None for layer in model._flatten_layers()
+    )

@@ -157,7 +157,10 @@ def single_sequence(run_dir, workdir) -> dict[str, tuple[Path, keras.Model, Path
         if task in labels:
             names = labels[task] if task == "classification" else labels[task].split()
             (run / task_recipes.LABEL_FILES[task]).write_text("".join(f"{n}\n" for n in names))
-        bundle = bundle_from_run(run, workdir / f"{task}-bundle", prefill_length=4)
+        # These runs have no data for the parity gate (tested in test_edge_quantize.py).
+        bundle = bundle_from_run(
+            run, workdir / f"{task}-bundle", prefill_length=4, parity_examples=0
+        )
         runs[task] = (run, keras.saving.load_model(run / "model.keras"), bundle)
     return runs
 
@@ -689,3 +692,20 @@ def test_benchmark_reports_sane_numbers(seq2seq_bundle, single_sequence, capsys)
     assert report["signatures_ms"]["classify"]["count"] == 3
     code, _, err = _cli(capsys, "bench", str(seq2seq_bundle), "--runs", "0")
     assert code == 2 and len(err) == 1
+
+
+def test_bundles_carry_their_parity_report_and_a_failed_gate_writes_nothing(
+    run_dir, seq2seq_bundle, workdir
+):
+    from keras_transformer_edge.parity import ParityError, Tolerance
+
+    report = load_bundle(seq2seq_bundle).manifest["extra"]["parity"]
+    assert report["passed"] and report["mode"] == "fp32" and report["metric"] == "bleu"
+    assert report["max_abs_error"] < 1e-3 and report["top1_agreement"] >= 0.999
+    assert report["keras"] == report["tflite"] and report["examples"] > 0
+    target = workdir / "gated"
+    impossible = Tolerance(max_abs_error=0.0, min_top1_agreement=1.0, max_metric_drop=-1.0)
+    with pytest.raises(ParityError) as error:
+        bundle_from_run(run_dir, target, "dynamic_int8", tolerance=impossible)
+    assert "\n" not in str(error.value) and "dynamic_int8 parity failed" in str(error.value)
+    assert not target.exists() and not list(workdir.glob(".gated*"))
