@@ -38,13 +38,6 @@ from keras_transformer_edge.runtime.sentencepiece_bpe import SentencePieceBPE
 
 # Distributions whose versions a manifest records, when installed.
 VERSIONED = ("keras-transformer", "tensorflow", "keras", "ai-edge-litert", "numpy")
-# A pipeline run's task -> the bundle's kind.
-RUN_KINDS = {
-    "translation": "seq2seq",
-    "language_model": "language_model",
-    "classification": "classifier",
-    "tagging": "tagger",
-}
 
 
 def sentencepiece_model(tokenizer_directory: str | Path) -> Path:
@@ -227,7 +220,7 @@ def bundle_from_run(
     beam_size: int | None = None,
     prefill_length: int | None = None,
     calibration: Iterable | None = None,
-    parity_examples: int = 64,
+    parity_examples: int = 256,
     tolerance: Tolerance | None = None,
     float_fallback: Sequence[str] = (),
 ) -> Path:
@@ -248,69 +241,35 @@ def bundle_from_run(
             the context if shorter.
         calibration: model-input batches for the calibrated modes (see ``convert.convert``);
             default: 64 shuffled examples of the run's train split.
-        parity_examples: held-out examples the parity gate runs on (0: no gate).
+        parity_examples: held-out examples the parity gate runs on (0: no gate); BLEU on
+            64 sentences moves by more than the 0.5 tolerance when one sentence changes.
         tolerance: the gate's bounds; default: ``parity.TOLERANCES[mode]``.
         float_fallback: ops left in float in ``full_int8`` (``quantize.select_fallback``).
     """
-    from keras_transformer_edge.convert import (
-        CALIBRATED_MODES,
-        classifier_endpoints,
-        convert,
-        language_model_endpoints,
-        seq2seq_endpoints,
-    )
+    from keras_transformer_edge.convert import CALIBRATED_MODES, convert
     from keras_transformer_edge.parity import gate
-    from keras_transformer_edge.run_data import first_batch, parity_report, run_recipe
-    from keras_transformer_pipelines.task_recipes import LABEL_FILES
-    from keras_transformer_pipelines.translation_recipe import load_trained
+    from keras_transformer_edge.run_data import first_batch, load_run, parity_report
 
-    run_dir = Path(run_dir)
-    recipe = run_recipe(run_dir)
-    tokenizer_directory = run_dir / "tokenizer"
-    tokenizer_file = sentencepiece_model(tokenizer_directory)  # fail before the conversion
-    model, tokenizer = load_trained(run_dir, which)
-    kind, labels, decoding = RUN_KINDS[recipe.task], None, {}
-    if kind == "seq2seq":
-        beam_size = beam_size or recipe.decoding.beam_size
-        endpoints = seq2seq_endpoints(model, 1, beam_size)
-        decoding = {
-            "beam_size": beam_size,
-            "length_penalty": recipe.decoding.length_penalty,
-            "max_length": recipe.decoding.max_length,
-        }
-        if model.encoder_vocabulary_size != model.decoder_vocabulary_size:
-            raise ValueError("source and target vocabularies differ; bundles share one tokenizer")
-        lengths = {"source": model.encoder_sequence_length, "target": model.decoder_sequence_length}
-        vocabulary_size = model.decoder_vocabulary_size
-    elif kind == "language_model":
-        prefill_length = prefill_length or min(32, model.sequence_length)
-        endpoints = language_model_endpoints(model, prefill_length)
-        decoding = {"sampler": recipe.decoding.sampler, "top_k": recipe.decoding.top_k}
-        lengths = {"context": model.sequence_length, "prefill": prefill_length}
-        vocabulary_size = model.vocabulary_size
-    else:
-        endpoints = classifier_endpoints(model)
-        labels = (run_dir / LABEL_FILES[recipe.task]).read_text(encoding="utf-8").split("\n")[:-1]
-        lengths = {"tokens": model.sequence_length}
-        vocabulary_size = model.vocabulary_size
+    run = load_run(run_dir, which, beam_size, prefill_length)
+    recipe, model, tokenizer = run.recipe, run.model, run.tokenizer
     if mode in CALIBRATED_MODES and calibration is None:
         calibration = [first_batch(recipe, model, tokenizer, "train", 64, shuffle=True)]
-    flatbuffer = convert(model, endpoints, mode, calibration, float_fallback)
+    flatbuffer = convert(model, run.endpoints, mode, calibration, float_fallback)
     extra = {"run": {"task": recipe.task, "checkpoint": which}}
     if parity_examples:
         report = parity_report(
-            recipe, model, tokenizer, tokenizer_file, flatbuffer, parity_examples
+            recipe, model, tokenizer, run.tokenizer_file, flatbuffer, parity_examples
         )
         extra["parity"] = gate(report, mode, tolerance)  # raises before anything is written
     return write_bundle(
         output,
         flatbuffer,
-        kind=kind,
-        tokenizer_directory=tokenizer_directory,
+        kind=run.kind,
+        tokenizer_directory=run.tokenizer_file.parent,
         quantization=mode,
-        labels=labels,
-        vocabulary_size=vocabulary_size,
-        max_lengths=lengths,
-        decoding=decoding,
+        labels=run.labels,
+        vocabulary_size=run.vocabulary_size,
+        max_lengths=run.lengths,
+        decoding=run.decoding,
         extra=extra,
     )

@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_transformer_edge.convert import ConversionError, Endpoints
+from keras_transformer_edge.parity import ParityError  # the same error as the TFLite gate
 
 # tf2onnx 1.17 targets opsets up to 18 (its default is 15); 17 runs on every onnxruntime this
 # project allows (>= 1.20).
@@ -42,10 +43,6 @@ DEFAULT_OPSET = 17
 OUTPUT_SUFFIX = "_out"
 
 Feeds = dict[str, np.ndarray]
-
-
-class ParityError(ConversionError):
-    """ONNX outputs that differ from the Keras model beyond the tolerance; one-line message."""
 
 
 @dataclass(frozen=True)

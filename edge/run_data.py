@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,6 +19,97 @@ from keras_transformer_edge.runtime.sentencepiece_bpe import SentencePieceBPE
 from keras_transformer_pipelines.config import Recipe, recipe_from_dict
 
 SEED = 0
+
+
+@dataclasses.dataclass
+class LoadedRun:
+    """A finished run ready to convert: its model, tokenizer and export signatures."""
+
+    recipe: Recipe
+    model: Any
+    tokenizer: Any
+    tokenizer_file: Path  # the SentencePiece model the bundle ships
+    kind: str  # the bundle kind (runtime.bundle.KINDS)
+    endpoints: dict
+    lengths: dict[str, int]
+    vocabulary_size: int
+    labels: list[str] | None = None
+    decoding: dict = dataclasses.field(default_factory=dict)
+
+
+# A pipeline run's task -> the bundle's kind.
+RUN_KINDS = {
+    "translation": "seq2seq",
+    "language_model": "language_model",
+    "classification": "classifier",
+    "tagging": "tagger",
+}
+
+
+def load_run(
+    run_dir: str | Path,
+    which: str = "model",
+    beam_size: int | None = None,
+    prefill_length: int | None = None,
+) -> LoadedRun:
+    """Load a run (``which``: "model" or "best") with the signatures its bundle exports.
+
+    ``beam_size``: rows of the ``decode_beam`` signature (translation; default: the
+    recipe's); ``prefill_length``: tokens of the LM's ``prefill`` (default: 32 or less).
+    """
+    from keras_transformer_edge.bundle import sentencepiece_model
+    from keras_transformer_edge.convert import (
+        classifier_endpoints,
+        language_model_endpoints,
+        seq2seq_endpoints,
+    )
+    from keras_transformer_pipelines.task_recipes import LABEL_FILES
+    from keras_transformer_pipelines.translation_recipe import load_trained
+
+    run_dir = Path(run_dir)
+    recipe = run_recipe(run_dir)
+    tokenizer_file = sentencepiece_model(run_dir / "tokenizer")  # fail before loading
+    model, tokenizer = load_trained(run_dir, which)
+    kind = RUN_KINDS[recipe.task]
+    run = dict(recipe=recipe, model=model, tokenizer=tokenizer, tokenizer_file=tokenizer_file)
+    if kind == "seq2seq":
+        if model.encoder_vocabulary_size != model.decoder_vocabulary_size:
+            raise ValueError("source and target vocabularies differ; bundles share one tokenizer")
+        beam_size = beam_size or recipe.decoding.beam_size
+        return LoadedRun(
+            **run,
+            kind=kind,
+            endpoints=seq2seq_endpoints(model, 1, beam_size),
+            lengths={
+                "source": model.encoder_sequence_length,
+                "target": model.decoder_sequence_length,
+            },
+            vocabulary_size=model.decoder_vocabulary_size,
+            decoding={
+                "beam_size": beam_size,
+                "length_penalty": recipe.decoding.length_penalty,
+                "max_length": recipe.decoding.max_length,
+            },
+        )
+    if kind == "language_model":
+        prefill_length = prefill_length or min(32, model.sequence_length)
+        return LoadedRun(
+            **run,
+            kind=kind,
+            endpoints=language_model_endpoints(model, prefill_length),
+            lengths={"context": model.sequence_length, "prefill": prefill_length},
+            vocabulary_size=model.vocabulary_size,
+            decoding={"sampler": recipe.decoding.sampler, "top_k": recipe.decoding.top_k},
+        )
+    labels_file = run_dir / LABEL_FILES[recipe.task]
+    return LoadedRun(
+        **run,
+        kind=kind,
+        endpoints=classifier_endpoints(model),
+        lengths={"tokens": model.sequence_length},
+        vocabulary_size=model.vocabulary_size,
+        labels=labels_file.read_text(encoding="utf-8").split("\n")[:-1],
+    )
 
 
 def run_recipe(run_dir: str | Path) -> Recipe:

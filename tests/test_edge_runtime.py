@@ -709,3 +709,25 @@ def test_bundles_carry_their_parity_report_and_a_failed_gate_writes_nothing(
         bundle_from_run(run_dir, target, "dynamic_int8", tolerance=impossible)
     assert "\n" not in str(error.value) and "dynamic_int8 parity failed" in str(error.value)
     assert not target.exists() and not list(workdir.glob(".gated*"))
+
+
+def test_conversion_cli_writes_a_gated_bundle_a_report_and_onnx(run_dir, workdir, capsys):
+    from keras_transformer_edge import cli as edge_cli
+
+    target = workdir / "cli-bundle"
+    assert edge_cli.run(["convert", str(run_dir), str(target), "--mode", "float16"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["parity"]["passed"] and load_bundle(target).manifest["quantization"] == "float16"
+    code = edge_cli.run(
+        ["convert", str(run_dir), str(workdir / "x"), "--float-fallback-threshold", "0.5"]
+    )
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and error.count("\n") == 0 and "full_int8" in error
+    assert edge_cli.run(["report", str(run_dir), "--top", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    errors = [float(line.split()[0]) for line in lines]
+    assert len(lines) == 3 and errors == sorted(errors, reverse=True)
+    code = edge_cli.run(["onnx", str(run_dir), str(workdir / "onnx")])
+    assert code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (workdir / "onnx").iterdir()) == ["decode.onnx", "encode.onnx"]
+    assert edge_cli.run(["convert", str(workdir / "missing"), str(workdir / "y")]) == 2

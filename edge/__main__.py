@@ -1,0 +1,3 @@
+from keras_transformer_edge.cli import main
+
+main()

@@ -1,0 +1,170 @@
+"""``python -m keras_transformer_edge``: convert a training run for the device.
+
+    convert RUN OUTPUT [--mode M] [--float-fallback-threshold X]   a parity-gated bundle
+    report RUN [--top K] [--json FILE]                              full-int8 error per layer
+    onnx RUN OUTPUT_DIR                                             parity-checked ONNX files
+
+The device commands (translate, generate, classify, tag, bench, info) run from
+``python -m keras_transformer_edge.runtime``, which needs no TensorFlow. Exit codes: 0 done,
+1 a parity gate failed (nothing written), 2 bad input (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from keras_transformer_edge.convert import MODES, ConversionError
+
+EXIT_PARITY, EXIT_INPUT = 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m keras_transformer_edge", description=__doc__.split("\n")[0]
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("run", type=Path, help="a training run's output_dir")
+        sub.add_argument("--which", choices=("model", "best"), default="model")
+        return sub
+
+    convert = command("convert", "convert a run to a parity-gated bundle")
+    convert.add_argument("output", type=Path, help="the bundle folder to write")
+    convert.add_argument("--mode", choices=MODES, default="dynamic_int8")
+    convert.add_argument("--beam", type=int, help="rows of decode_beam (translation)")
+    convert.add_argument("--prefill", type=int, help="prefill tokens (language model)")
+    convert.add_argument("--parity-examples", type=int, default=256, help="0: no gate")
+    convert.add_argument(
+        "--float-fallback-threshold",
+        type=float,
+        help="full_int8: keep in float the ops whose relative error exceeds this",
+    )
+    report = command("report", "per-layer error of full int8 against float, worst first")
+    report.add_argument("--top", type=int, default=20, help="layers to print")
+    report.add_argument("--json", type=Path, help="write the whole report here")
+    onnx = command("onnx", "export one parity-checked .onnx per signature")
+    onnx.add_argument("output", type=Path, help="the folder for <signature>.onnx")
+    return parser
+
+
+def _layer_report(run_dir: Path, which: str):
+    """The full-int8 error report of a run, on calibration samples of its train split."""
+    import tempfile
+
+    from keras_transformer_edge.convert import (
+        calibration_samples,
+        convert_saved_model,
+        export_saved_model,
+    )
+    from keras_transformer_edge.quantize import bounded_attention, layer_error_report
+    from keras_transformer_edge.run_data import first_batch, load_run
+
+    run = load_run(run_dir, which)
+    batch = first_batch(run.recipe, run.model, run.tokenizer, "train", 64, shuffle=True)
+    with tempfile.TemporaryDirectory() as scratch, bounded_attention(run.model):
+        saved = export_saved_model(run.model, run.endpoints, Path(scratch) / "saved_model")
+        float_model = convert_saved_model(saved, run.endpoints, "fp32")
+        samples = calibration_samples(float_model, run.endpoints, [batch])
+        return layer_error_report(saved, samples)
+
+
+def _convert(args) -> dict:
+    from keras_transformer_edge.bundle import bundle_from_run
+    from keras_transformer_edge.quantize import select_fallback
+    from keras_transformer_edge.runtime.bundle import load_bundle
+
+    fallback: list[str] = []
+    if args.float_fallback_threshold is not None:
+        if args.mode != "full_int8":
+            raise ConversionError("--float-fallback-threshold applies to --mode full_int8")
+        fallback = select_fallback(
+            _layer_report(args.run, args.which), threshold=args.float_fallback_threshold
+        )
+    bundle = bundle_from_run(
+        args.run,
+        args.output,
+        args.mode,
+        args.which,
+        beam_size=args.beam,
+        prefill_length=args.prefill,
+        parity_examples=args.parity_examples,
+        float_fallback=fallback,
+    )
+    manifest = load_bundle(bundle).manifest
+    return {
+        "bundle": str(bundle),
+        "mode": args.mode,
+        "bytes": manifest["files"]["model.tflite"]["bytes"],
+        "float_fallback": fallback,
+        "parity": manifest["extra"].get("parity"),
+    }
+
+
+def _onnx(args) -> dict:
+    from keras_transformer_edge.onnx_export import (
+        language_model_parity_inputs,
+        seq2seq_parity_inputs,
+        to_onnx,
+    )
+    from keras_transformer_edge.run_data import first_batch, held_out_split, load_run
+
+    run = load_run(args.run, args.which, beam_size=1)  # ONNX files: encode and decode only
+    if run.kind not in ("seq2seq", "language_model"):
+        raise ConversionError(f"ONNX export covers seq2seq and language models, not {run.kind}")
+    split = held_out_split(run.recipe)
+    inputs, labels = first_batch(run.recipe, run.model, run.tokenizer, split, 1, shuffle=False)
+    if run.kind == "seq2seq":
+        source = inputs["encoder_token_ids"]
+        padding = run.model.encoder_sequence_length - source.shape[1]
+        feeds = seq2seq_parity_inputs(
+            run.endpoints, _pad_right(source, padding), inputs["decoder_token_ids"]
+        )
+    else:
+        padding = run.model.sequence_length - inputs.shape[1]
+        feeds = language_model_parity_inputs(run.endpoints, _pad_right(inputs, padding))
+    export = to_onnx(run.model, run.endpoints, args.output, feeds)
+    return {"files": {name: str(path) for name, path in export.paths.items()}}
+
+
+def _pad_right(ids, count: int):
+    import numpy as np
+
+    return np.pad(np.asarray(ids, np.int32), [(0, 0), (0, count)])
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from keras_transformer_edge.parity import ParityError
+
+    try:
+        if args.command == "convert":
+            result = _convert(args)
+        elif args.command == "onnx":
+            result = _onnx(args)
+        else:
+            report = _layer_report(args.run, args.which)
+            if args.json:
+                args.json.write_text(json.dumps([layer.as_dict() for layer in report], indent=1))
+            for layer in report[: args.top]:
+                print(
+                    f"{layer.relative_error:8.3f} {layer.rmse_over_scale:9.3f}  "
+                    f"{layer.signature:8s} {layer.tensor}"
+                )
+            return 0
+    except ParityError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_PARITY
+    except (ConversionError, ValueError, FileNotFoundError, KeyError) as error:
+        print(f"error: {str(error).splitlines()[0] if str(error) else error!r}", file=sys.stderr)
+        return EXIT_INPUT
+    print(json.dumps(result))
+    return 0
+
+
+def main() -> None:
+    sys.exit(run())
