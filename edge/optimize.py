@@ -68,9 +68,11 @@ __all__ = [
     "FixedRangeQuantizer",
     "FeedForwardQuantizeConfig",
     "KerasModelLayer",
+    "MaskedCrossentropy",
     "MultiHeadAttentionQuantizeConfig",
     "RangeQuantizer",
     "STRUCTURES",
+    "SharedRangeQuantizer",
     "TransformerQuantizeConfig",
     "calibrate",
     "cluster",
@@ -78,6 +80,7 @@ __all__ = [
     "prune",
     "pruning_callbacks",
     "quantization_aware",
+    "quantization_aware_training",
     "quantize_scope",
     "strip",
     "to_tf_keras",
@@ -137,6 +140,32 @@ class RangeQuantizer(Quantizer):
 
     def __ne__(self, other):
         return not self == other
+
+
+class SharedRangeQuantizer(RangeQuantizer):
+    """A :class:`RangeQuantizer` whose range is shared by every quantizer of the same
+    ``key`` in one wrapper: tensors that the int8 model packs into one tensor must have one
+    scale (the cross-attention keys and values of all decoder layers, stacked into the
+    ``encode`` signature's ``cross_attention_cache``). The range follows all of them."""
+
+    def __init__(self, key: str, num_bits: int = 8, ema_decay: float = 0.99):
+        super().__init__(num_bits, ema_decay)
+        self.key = key
+
+    def build(self, tensor_shape, name, layer):
+        shared = layer.__dict__.get("_shared_quantizer_ranges")
+        if shared is None:
+            shared = {}
+            object.__setattr__(layer, "_shared_quantizer_ranges", shared)
+        if self.key not in shared:
+            shared[self.key] = super().build(tensor_shape, f"shared_{self.key}", layer)
+        return shared[self.key]
+
+    def get_config(self):
+        return {**super().get_config(), "key": self.key}
+
+    def __eq__(self, other):
+        return isinstance(other, SharedRangeQuantizer) and self.get_config() == other.get_config()
 
 
 class FixedRangeQuantizer(Quantizer):
@@ -235,7 +264,11 @@ class MultiHeadAttentionQuantizeConfig(_LayerQuantizeConfig):
         return MultiHeadAttention.QUANTIZATION_POINTS
 
     def activation_quantizer(self, point):
-        return FixedRangeQuantizer() if point == "attention_weights" else RangeQuantizer()
+        if point == "attention_weights":
+            return FixedRangeQuantizer()
+        if point == "memory_projection":  # stacked over layers into the cross-attention cache
+            return SharedRangeQuantizer("memory_projection")
+        return RangeQuantizer()
 
 
 class FeedForwardQuantizeConfig(_LayerQuantizeConfig):
@@ -367,6 +400,7 @@ def quantize_scope():
             "KerasModelLayer": KerasModelLayer,
             "TransformerQuantizeConfig": TransformerQuantizeConfig,
             "RangeQuantizer": RangeQuantizer,
+            "SharedRangeQuantizer": SharedRangeQuantizer,
             "FixedRangeQuantizer": FixedRangeQuantizer,
         }
     )
@@ -468,6 +502,110 @@ def calibrate(quantized: tf_keras.Model, batches: Iterable) -> None:
     wrapper = _quantize_wrapper(quantized)
     for batch in _batches("calibrate", batches, 1 << 30):
         wrapper(batch, training=True, model_training=False)
+
+
+class MaskedCrossentropy(tf_keras.losses.Loss):
+    """tf-keras twin of ``keras_transformer_pipelines.objectives.MaskedSparseCrossentropy``:
+    sparse cross-entropy from logits with label smoothing ``e`` over ``V`` classes
+    (``(1 - e) * (lse(z) - z_y) + e * (lse(z) - mean(z))``), averaged over the targets that
+    are not ``padding_id``."""
+
+    def __init__(self, label_smoothing: float = 0.0, padding_id: int = 0, **kwargs):
+        kwargs.setdefault("name", "masked_crossentropy")
+        super().__init__(**kwargs)
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ArgumentError(
+                f"MaskedCrossentropy: `label_smoothing` must be in [0, 1), got {label_smoothing}"
+            )
+        self.label_smoothing = float(label_smoothing)
+        self.padding_id = padding_id
+
+    def call(self, y_true, y_pred):
+        y_true = tf.cast(y_true, "int32")
+        logits = tf.cast(y_pred, "float32")
+        log_normalizer = tf.reduce_logsumexp(logits, axis=-1)
+        true_logit = tf.gather(logits, tf.maximum(y_true, 0), axis=-1, batch_dims=y_true.shape.rank)
+        loss = log_normalizer - true_logit
+        if self.label_smoothing:
+            uniform = log_normalizer - tf.reduce_mean(logits, axis=-1)
+            loss = (1.0 - self.label_smoothing) * loss + self.label_smoothing * uniform
+        mask = tf.cast(tf.not_equal(y_true, self.padding_id), "float32")
+        # One scalar: the mean over real tokens (the reduction then leaves it as it is).
+        return tf.reduce_sum(loss * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"label_smoothing": self.label_smoothing, "padding_id": self.padding_id})
+        return config
+
+
+def quantization_aware_training(
+    model: keras.Model,
+    train_data: tf.data.Dataset,
+    steps: int,
+    learning_rate: float = 3e-5,
+    calibration_steps: int = 4,
+    label_smoothing: float = 0.1,
+    weight_decay: float = 0.0,
+    clipnorm: float | None = 1.0,
+    padding_id: int = 0,
+    prefill_length: int | None = None,
+    callbacks: list[tf_keras.callbacks.Callback] | None = None,
+    verbose: int = 0,
+) -> tuple[tf_keras.Model, tf_keras.callbacks.History]:
+    """Fine-tune a trained ``model`` with fake-quantized int8 weights and activations.
+
+    :func:`quantization_aware` on the first ``calibration_steps`` batches of ``train_data``,
+    then ``steps`` steps of tf-keras ``fit`` (AdamW at a constant ``learning_rate``, the
+    label-smoothed masked cross-entropy :class:`MaskedCrossentropy`) on ``train_data``,
+    repeated as needed. A run's model goes to a full-int8 .tflite in three lines::
+
+        qat, history = quantization_aware_training(model, train_batches, 200)
+        flatbuffer = convert_quantization_aware(qat, train_batches)
+        trained = strip(qat)  # the fine-tuned float weights, a Keras 3 model
+
+    Args:
+        model: a trained Keras 3 ``keras_transformer`` model (not modified: tfmot copies its
+            weights).
+        train_data: ``(inputs, labels)`` batches, e.g. the training pipeline's
+            (``translation_dataset(..., shuffle=True)``); labels of ``padding_id`` are skipped.
+        steps: optimizer steps (>= 1).
+        learning_rate: small: the model is trained already (1e-5 to 1e-4).
+        label_smoothing, padding_id: of the loss (the training recipe's values).
+        weight_decay, clipnorm: AdamW's decoupled weight decay and gradient-norm clipping.
+
+    Returns:
+        The quantization-aware tf-keras model and ``fit``'s history (``loss`` per step).
+    """
+    check_model("quantization_aware_training", model)
+    _check_int("quantization_aware_training", "steps", steps, 1)
+    if not isinstance(train_data, tf.data.Dataset):
+        raise ArgumentError(
+            "quantization_aware_training: `train_data` must be a tf.data.Dataset of "
+            f"(inputs, labels), got {type(train_data).__name__}"
+        )
+    for name, value in (("learning_rate", learning_rate), ("weight_decay", weight_decay)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ArgumentError(
+                f"quantization_aware_training: `{name}` must be a number >= 0, got {value!r}"
+            )
+    quantized = quantization_aware(model, train_data, calibration_steps, prefill_length)
+    options = {"clipnorm": clipnorm} if clipnorm else {}
+    quantized.compile(
+        optimizer=tf_keras.optimizers.AdamW(
+            learning_rate=learning_rate, weight_decay=weight_decay, **options
+        ),
+        loss=MaskedCrossentropy(label_smoothing, padding_id),
+    )
+    history = tf_keras.callbacks.History()
+    quantized.fit(
+        train_data.repeat(),
+        steps_per_epoch=1,
+        epochs=steps,
+        callbacks=[history, *(callbacks or [])],
+        verbose=verbose,
+    )
+    return quantized, history
 
 
 # -- pruning ------------------------------------------------------------------------------
@@ -707,7 +845,9 @@ def convert_quantization_aware(
 
     signatures = _signature_functions(wrapper, bridge)
     module = tf.Module()
-    module.model = quantized
+    # The variables only: saving the tf-keras model would also trace its training-mode call,
+    # whose dropout reads Keras 3 seed-generator state that tf-keras does not track.
+    module.state = list(quantized.variables)
     with tempfile.TemporaryDirectory() as scratch:
         directory = Path(workdir or scratch) / "quantization_aware_saved_model"
         tf.saved_model.save(module, str(directory), signatures=signatures)

@@ -16,12 +16,14 @@ from keras_transformer.layers import ArgumentError  # noqa: E402
 from keras_transformer.models import Seq2SeqTransformer, SequenceClassifier  # noqa: E402
 from keras_transformer_edge.convert import op_names  # noqa: E402
 from keras_transformer_edge.optimize import (  # noqa: E402
+    MaskedCrossentropy,
     calibrate,
     cluster,
     convert_quantization_aware,
     prune,
     pruning_callbacks,
     quantization_aware,
+    quantization_aware_training,
     strip,
     to_tf_keras,
 )
@@ -218,6 +220,47 @@ def test_full_int8_tflite_of_the_quantization_aware_model(quantized_seq2seq):
         for kernel in (layer.output_kernel.numpy(), layer.weights[0].numpy()):
             assert len(np.unique(kernel)) <= 255
     np.testing.assert_allclose(np.asarray(quantized(inputs)), before, atol=1e-5)
+
+
+def test_masked_crossentropy_is_the_training_recipe_loss(rng):
+    from keras_transformer_pipelines.objectives import MaskedSparseCrossentropy
+
+    logits = rng.normal(size=(3, 5, 11)).astype("float32")
+    labels = rng.integers(1, 11, (3, 5)).astype("int32")
+    labels[0, 3:] = 0
+    labels[2, 1:] = 0
+    for smoothing in (0.0, 0.1):
+        expected = float(MaskedSparseCrossentropy(smoothing)(labels, logits))
+        got = float(MaskedCrossentropy(smoothing)(labels, logits))
+        assert abs(got - expected) < 1e-5, (smoothing, got, expected)
+
+
+def test_quantization_aware_training_fine_tunes_and_converts_to_full_int8():
+    model = _seq2seq(seed=6)
+    inputs, targets = _echo_task(rows=32)
+    float_logits = np.asarray(model(inputs))
+    quantized, history = quantization_aware_training(
+        model, _dataset(inputs, targets), steps=16, learning_rate=1e-2, label_smoothing=0.0
+    )
+    losses = history.history["loss"]
+    assert len(losses) == 16
+    assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.3, losses
+    np.testing.assert_allclose(np.asarray(model(inputs)), float_logits, atol=1e-6)  # a copy
+
+    flatbuffer = convert_quantization_aware(quantized, _dataset(inputs, targets), 1)
+    interpreter = litert.Interpreter(model_content=flatbuffer)
+    assert set(interpreter.get_signature_list()) == {"encode", "decode"}
+    tflite = _tflite_teacher_forced(flatbuffer, inputs, 4)
+    keras_logits = np.asarray(quantized(inputs))[:4]
+    assert (tflite.argmax(-1) == keras_logits.argmax(-1)).mean() >= 0.85
+
+    fine_tuned = strip(quantized)
+    assert np.abs(np.asarray(fine_tuned(inputs)) - float_logits).max() > 1e-3
+
+    with pytest.raises(ArgumentError, match="`steps` must be an int >= 1"):
+        quantization_aware_training(model, _dataset(inputs, targets), steps=0)
+    with pytest.raises(ArgumentError, match="`train_data` must be a tf.data.Dataset"):
+        quantization_aware_training(model, [inputs], steps=1)
 
 
 # -- pruning and clustering -----------------------------------------------------------------
