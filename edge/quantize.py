@@ -19,6 +19,7 @@ import csv
 import logging
 import math
 import tempfile
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -261,7 +262,9 @@ def layer_error_report(saved_model: str | Path, samples: Samples) -> list[LayerE
                 },
             ),
         )
-        debugger.run()
+        with warnings.catch_warnings():  # empty tensors' statistics are NaN, and skipped
+            warnings.simplefilter("ignore", RuntimeWarning)
+            debugger.run()
         with tempfile.TemporaryFile("w+") as dump:
             debugger.layer_statistics_dump(dump)
             dump.seek(0)
