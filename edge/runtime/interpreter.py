@@ -107,6 +107,7 @@ class LiteModel:
             for name, runner in self._runners.items()
         }
         self.timings: dict[str, list[float]] | None = {} if record_timings else None
+        self._specs: dict[str, dict[str, tuple[tuple[int, ...], np.dtype]]] = {}
 
     def input_spec(self, signature: str, name: str) -> tuple[tuple[int, ...], np.dtype]:
         """``(shape, dtype)`` of one input of one signature."""
@@ -130,15 +131,19 @@ class LiteModel:
         return outputs
 
     def _check(self, signature: str, inputs: dict[str, Any]) -> None:
-        specs = self.signatures[signature]["inputs"]
-        missing, unexpected = sorted(set(specs) - set(inputs)), sorted(set(inputs) - set(specs))
-        if missing or unexpected:
+        # Runs before every decode step: (shape, dtype) pairs are made once per signature.
+        specs = self._specs.get(signature)
+        if specs is None:
+            specs = self._specs[signature] = {
+                name: (tuple(spec["shape"]), np.dtype(spec["dtype"]))
+                for name, spec in self.signatures[signature]["inputs"].items()
+            }
+        if inputs.keys() != specs.keys():
             raise InputError(
-                f"{signature}: inputs {sorted(inputs)} do not match the signature's "
-                f"{sorted(specs)}"
+                f"{signature}: inputs {sorted(inputs)} do not match the signature's {sorted(specs)}"
             )
         for name, value in inputs.items():
-            shape, dtype = tuple(specs[name]["shape"]), np.dtype(specs[name]["dtype"])
+            shape, dtype = specs[name]
             if not isinstance(value, np.ndarray):
                 raise InputError(
                     f"{signature}: input {name!r} is a {type(value).__name__}, "
