@@ -14,9 +14,10 @@ Two speed ratios, each measured side by side in this one process:
   project's best Keras generation of the same model: ``translation_recipe.Translator``
   (KV cache, one compiled tf.function, batch 1), on the same sentences.
 
-Both ratios are given for fp32 and dynamic-range int8 (``*_by_mode``); the headline figure is
-the int8 one, the bundle a device runs (batch-1 decoding reads every decoder weight once per
-token, so it is bound by memory traffic, which int8 weights cut by 4).
+Both ratios are given for fp32 and dynamic-range int8 (``*_by_mode``); the headline figures
+are fp32's, the same precision as the Keras side. A batch-1 decode step is latency-bound
+(about 220 small ops, 0.17 ms in int8), while the re-run decoder is a 64-row matmul workload
+where int8 kernels gain most, so the int8 cached-vs-recompute ratio is the lower one.
 
     python benchmarks/edge.py [--run runs/quality/ours] [--sentences 1152]
         [--modes fp32,float16,dynamic_int8,full_int8,qat_int8] [--qat-steps 300] [--threads 1]
@@ -278,7 +279,10 @@ def qat_bundle(run: Path, output: Path, steps: int, parity_examples: int) -> dic
     return {
         "qat_steps": steps,
         "qat_seconds": round(trained, 1),
-        "qat_loss_first_last": [round(losses[0], 4), round(losses[-1], 4)],
+        # One batch a step: means over the first and the last 50 steps.
+        "qat_loss_first_last": [
+            round(float(np.mean(part)), 4) for part in (losses[:50], losses[-50:])
+        ],
     }
 
 
@@ -363,7 +367,9 @@ def main() -> None:
     versus_keras = {
         mode: round(modes[mode]["tokens_per_s"] / keras_tokens_per_s, 2) for mode in bundles
     }
-    headline = speed_modes[-1]  # dynamic_int8 when built: what a device runs
+    # The headline compares like with like: the float model against Keras float; the int8
+    # figures stand beside it (*_by_mode).
+    headline = speed_modes[0]
     print(
         json.dumps(
             {

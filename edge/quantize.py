@@ -123,6 +123,16 @@ def seq2seq_samples(float_flatbuffer: bytes, batches: Iterable, limit: int = 64)
             }
             samples["decode"].append(step)
             cache = decode(**step)["cache"]
+    if "decode_beam" in interpreter.get_signature_list():
+        # Every beam row calibrated on a real step: each decode sample repeated per row.
+        rows = interpreter.get_signature_runner("decode_beam").get_input_details()["token"]
+        samples["decode_beam"] = [
+            {
+                name: np.repeat(value, rows["shape"][0], axis=0) if value.ndim else value
+                for name, value in step.items()
+            }
+            for step in samples["decode"]
+        ]
     return samples
 
 

@@ -179,3 +179,18 @@ def test_full_int8_with_bounded_scores_passes_the_gate(reversal_export):
     assert all(
         getattr(layer, "quantization_points", None) is None for layer in model._flatten_layers()
     )
+
+
+def test_the_beam_signature_is_calibrated_too(reversal_export):
+    model, *_ = reversal_export
+    inputs, _ = _batch(seed=6)
+    flatbuffer = convert(model, seq2seq_endpoints(model, 1, 3), "full_int8", calibration=[inputs])
+    tree = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(flatbuffer, 0))
+    (beam,) = [graph for graph in tree.subgraphs if graph.name == b"decode_beam"]
+    weights = [
+        tensor
+        for tensor in beam.tensors
+        if tree.buffers[tensor.buffer].data is not None and np.prod(tensor.shape) >= 1024
+    ]
+    # Uncalibrated, decode_beam would keep float32 copies of the decoder's weights.
+    assert weights and all(tensor.type == schema.TensorType.INT8 for tensor in weights)
