@@ -74,44 +74,42 @@ def _compare(keras_logits, tflite_logits, real) -> dict:
     }
 
 
+def _decoder(interpreter, source_row: np.ndarray) -> Callable[[int, int], np.ndarray]:
+    """``step(token, index) -> logits [V]``: ``encode`` once, then ``decode`` steps that carry
+    their KV cache, as the device runs them."""
+    decode = interpreter.get_signature_runner("decode")
+    encoded = interpreter.get_signature_runner("encode")(source_ids=source_row[None])
+    spec = decode.get_input_details()["cache"]
+    state = {"cache": np.zeros(spec["shape"], spec["dtype"])}
+
+    def step(token: int, index: int) -> np.ndarray:
+        out = decode(
+            token=np.array([[token]], np.int32),
+            cache=state["cache"],
+            index=np.array(index, np.int32),
+            **encoded,
+        )
+        state["cache"] = out["cache"]
+        return out["logits"][0, -1]
+
+    return step
+
+
 def _seq2seq_logits(interpreter, source, decoder_ids) -> np.ndarray:
     """Teacher-forced logits ``[N, T, V]`` through ``encode`` and one ``decode`` per token."""
-    encode = interpreter.get_signature_runner("encode")
-    decode = interpreter.get_signature_runner("decode")
-    cache_spec = decode.get_input_details()["cache"]
     rows = []
-    for row in range(len(source)):
-        encoded = encode(source_ids=source[row : row + 1])
-        cache, logits = np.zeros(cache_spec["shape"], cache_spec["dtype"]), []
-        for index in range(decoder_ids.shape[1]):
-            out = decode(
-                token=decoder_ids[row : row + 1, index : index + 1],
-                cache=cache,
-                index=np.array(index, np.int32),
-                **encoded,
-            )
-            cache = out["cache"]
-            logits.append(out["logits"][0, -1])
-        rows.append(np.stack(logits))
+    for source_row, target_row in zip(source, decoder_ids, strict=True):
+        step = _decoder(interpreter, source_row)
+        rows.append(np.stack([step(int(t), i) for i, t in enumerate(target_row)]))
     return np.stack(rows)
 
 
 def _tflite_greedy(interpreter, source: np.ndarray, max_length: int) -> list[list[int]]:
-    encode = interpreter.get_signature_runner("encode")
-    decode = interpreter.get_signature_runner("decode")
-    cache_spec = decode.get_input_details()["cache"]
     outputs = []
-    for row in range(len(source)):
-        encoded = encode(source_ids=source[row : row + 1])
-        cache, token, tokens = np.zeros(cache_spec["shape"], cache_spec["dtype"]), START_ID, []
+    for source_row in source:
+        step, token, tokens = _decoder(interpreter, source_row), START_ID, []
         for index in range(max_length):
-            out = decode(
-                token=np.array([[token]], np.int32),
-                cache=cache,
-                index=np.array(index, np.int32),
-                **encoded,
-            )
-            cache, token = out["cache"], int(out["logits"][0, -1].argmax())
+            token = int(step(token, index).argmax())
             if token == END_ID:
                 break
             tokens.append(token)

@@ -121,7 +121,11 @@ class Tagger(_Labelled):
         if len(firsts) < len(words):
             logger.warning(
                 "text %s has %d words, the model's %d tokens hold %d; the rest are tagged %s",
-                preview(" ".join(words)), len(words), self.sequence_length, len(firsts), OUTSIDE,
+                preview(" ".join(words)),
+                len(words),
+                self.sequence_length,
+                len(firsts),
+                OUTSIDE,
             )
         best = np.argmax(self.logits_of_ids(ids), axis=-1)
         return [self.labels[int(best[first])] for first in firsts] + [OUTSIDE] * (

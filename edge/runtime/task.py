@@ -79,7 +79,10 @@ class Task:
         ids = self.tokenizer.encode(check_text(text))
         if len(ids) > limit:
             logger.warning(
-                "text %s has %d %s, truncated to the model's %d", preview(text), len(ids), what,
+                "text %s has %d %s, truncated to the model's %d",
+                preview(text),
+                len(ids),
+                what,
                 limit,
             )
             ids = ids[:limit]
@@ -95,8 +98,9 @@ class Task:
         """``ids`` as int32, each in ``[0, vocabulary_size)``, at most ``limit`` of them."""
         array = np.asarray(ids)
         if array.ndim != 1:
-            raise InputError(f"{what}: expected a flat sequence of token ids, got shape "
-                             f"{list(array.shape)}")
+            raise InputError(
+                f"{what}: expected a flat sequence of token ids, got shape {list(array.shape)}"
+            )
         if array.size and not np.issubdtype(array.dtype, np.integer):
             raise InputError(f"{what}: token ids must be integers, got {array.dtype.name}")
         if array.size and (array.min() < 0 or array.max() >= self.vocabulary_size):
@@ -119,8 +123,7 @@ def check_text(text: object) -> str:
         text.encode("utf-8")
     except UnicodeEncodeError as error:
         raise InputError(
-            f"text {preview(text)} is not valid Unicode: {error.reason} at character "
-            f"{error.start}"
+            f"text {preview(text)} is not valid Unicode: {error.reason} at character {error.start}"
         ) from None
     return text
 
