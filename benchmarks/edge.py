@@ -15,9 +15,10 @@ Two speed ratios, each measured side by side in this one process:
   (KV cache, one compiled tf.function, batch 1), on the same sentences.
 
 Both ratios are given for fp32 and dynamic-range int8 (``*_by_mode``); the headline figures
-are fp32's, the same precision as the Keras side. A batch-1 decode step is latency-bound
-(about 220 small ops, 0.17 ms in int8), while the re-run decoder is a 64-row matmul workload
-where int8 kernels gain most, so the int8 cached-vs-recompute ratio is the lower one.
+are fp32's, the same precision as the Keras side. A batch-1 decode step is bound by reading
+the decoder's weights once per token (int8 cuts that by 4), while the re-run decoder is a
+64-row matmul workload where int8 kernels gain more, so the int8 cached-vs-recompute ratio is
+the lower one.
 
     python benchmarks/edge.py [--run runs/quality/ours] [--sentences 1152]
         [--modes fp32,float16,dynamic_int8,full_int8,qat_int8] [--qat-steps 300] [--threads 1]
