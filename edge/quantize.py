@@ -96,6 +96,16 @@ def _cache_spec(runner) -> np.ndarray:
     return np.zeros(spec["shape"], spec["dtype"])
 
 
+def _decode_step(token: int, cache: np.ndarray, index: int, **inputs) -> dict[str, np.ndarray]:
+    """One ``decode`` signature's inputs (``inputs``: the encoder's outputs, if any)."""
+    return {
+        "token": np.array([[token]], np.int32),
+        "cache": cache,
+        "index": np.array(index, np.int32),
+        **inputs,
+    }
+
+
 def seq2seq_samples(float_flatbuffer: bytes, batches: Iterable, limit: int = 64) -> Samples:
     """``encode`` and ``decode`` inputs from ``limit`` pipeline examples.
 
@@ -115,12 +125,7 @@ def seq2seq_samples(float_flatbuffer: bytes, batches: Iterable, limit: int = 64)
         cache = _cache_spec(decode)
         target = [int(t) for t in row["decoder_token_ids"] if t != 0][:max_length]
         for index, token in enumerate(target):
-            step = {
-                "token": np.array([[token]], np.int32),
-                "cache": cache,
-                "index": np.array(index, np.int32),
-                **encoded,
-            }
+            step = _decode_step(token, cache, index, **encoded)
             samples["decode"].append(step)
             cache = decode(**step)["cache"]
     if "decode_beam" in interpreter.get_signature_list():
@@ -151,11 +156,7 @@ def language_model_samples(float_flatbuffer: bytes, batches: Iterable, limit: in
         samples["prefill"].append(step)
         cache = prefill(**step)["cache"]
         for index in range(prompt_length, len(tokens)):
-            step = {
-                "token": np.array([[tokens[index]]], np.int32),
-                "cache": cache,
-                "index": np.array(index, np.int32),
-            }
+            step = _decode_step(tokens[index], cache, index)
             samples["decode"].append(step)
             cache = decode(**step)["cache"]
     return samples
