@@ -7,11 +7,17 @@ One distribution, three import packages with names that cannot collide in site-p
     pipelines/            keras_transformer_pipelines  (tf.data input, fit recipes)
     edge/                 keras_transformer_edge       (conversion; its runtime needs only numpy
                                                         and a TFLite runtime)
+    cli/                  keras_transformer_cli        (the `keras-transformer` command and the
+                                                        main job)
 """
 
 from setuptools import find_packages, setup
 
-PACKAGE_DIRS = {"keras_transformer_pipelines": "pipelines", "keras_transformer_edge": "edge"}
+PACKAGE_DIRS = {
+    "keras_transformer_pipelines": "pipelines",
+    "keras_transformer_edge": "edge",
+    "keras_transformer_cli": "cli",
+}
 
 
 def _packages() -> list[str]:
@@ -61,7 +67,14 @@ setup(
         "tensorflow": KERAS + TENSORFLOW,
         "onnx": KERAS + TENSORFLOW + ONNX,
         "full": KERAS + TENSORFLOW + RUNTIME + ONNX,
-        "dev": KERAS + TENSORFLOW + RUNTIME + ONNX + ["jax>=0.4.30", "pytest>=8", "ruff>=0.6"],
+        "dev": KERAS
+        + TENSORFLOW
+        + RUNTIME
+        + ONNX
+        + ["jax>=0.4.30", "pytest>=8", "ruff>=0.6"]
+        # The notebooks' test runs each one with nbclient in an ipykernel.
+        + ["nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
     },
+    entry_points={"console_scripts": ["keras-transformer=keras_transformer_cli.main:main"]},
     license="Apache-2.0",
 )

@@ -1,9 +1,10 @@
 """The trained translation model on the device runtime: size, speed and quality per mode.
 
-For each quantization mode the run is converted and bundled (``bundle_from_run``), then the
-TF-free runtime (``keras_transformer_edge.runtime``) translates held-out sentences greedily,
-batch 1, on this CPU; BLEU is scored with sacreBLEU against the references and compared with
-the Keras fp32 model's own greedy translations of the same sentences.
+For each quantization mode the run is converted and bundled, then the TF-free runtime
+(``keras_transformer_edge.runtime``) translates held-out sentences greedily, batch 1, on this
+CPU; BLEU is scored with sacreBLEU against the references and compared with the Keras fp32
+model's own greedy translations of the same sentences (``edge/mode_comparison.py``, which the
+main job shares).
 
 Two speed ratios, each measured side by side in this one process:
 
@@ -51,11 +52,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_transformer_edge.bundle import bundle_from_run  # noqa: E402
 from keras_transformer_edge.convert import convert, seq2seq_endpoints  # noqa: E402
-from keras_transformer_edge.parity import ParityError  # noqa: E402
+from keras_transformer_edge.mode_comparison import compare_modes, keras_greedy  # noqa: E402
 from keras_transformer_edge.run_data import run_recipe  # noqa: E402
-from keras_transformer_edge.runtime.bundle import load_bundle  # noqa: E402
 from keras_transformer_edge.runtime.interpreter import LiteModel  # noqa: E402
 from keras_transformer_edge.runtime.translator import Translator as DeviceTranslator  # noqa: E402
 from keras_transformer_pipelines import translation_recipe  # noqa: E402
@@ -82,42 +81,6 @@ def held_out(run: Path, count: int) -> list[tuple[str, str]]:
     recipe = run_recipe(run)
     pairs = translation_recipe.read_pairs(translation_recipe.split_paths(recipe)["test"], False)
     return pairs[:count]
-
-
-def keras_greedy(model, tokenizer, sources: list[str]) -> tuple[list[list[int]], float]:
-    """Token ids of Keras greedy decoding, batch 1, and its tokens per second."""
-    translator = translation_recipe.Translator(model, tokenizer, beam_size=1, batch_size=1)
-    translator([sources[0]])  # trace the graph once, outside the timing
-    ids, generated, began = [], 0, time.perf_counter()
-    for source in sources:
-        row = translator._decode(tf.constant(translator.ids([source]))).numpy()[0]
-        tokens = [int(t) for t in row if t != 0]  # as written, the end token last
-        generated += len(tokens)
-        ids.append(tokens)
-    return ids, generated / (time.perf_counter() - began)
-
-
-def without_end(tokens: list[int], end_id: int = 2) -> list[int]:
-    return tokens[: tokens.index(end_id)] if end_id in tokens else tokens
-
-
-def device_greedy(bundle: Path, sources: list[str], threads: int) -> dict:
-    """Greedy translations in the runtime; ``decode_p50_ms`` is over every step they ran."""
-    translator = DeviceTranslator.from_bundle(bundle, num_threads=threads, record_timings=True)
-    translator.translate(sources[0], beam_size=1)  # first inference outside the timing
-    translator.model.timings.clear()
-    ids, generated, began = [], 0, time.perf_counter()
-    for source in sources:
-        tokens = translator.translate_ids(translator.source_ids(source), beam_size=1)
-        generated += len(tokens)
-        ids.append(tokens)
-    seconds = time.perf_counter() - began
-    return {
-        "ids": ids,
-        "texts": [translator.decode(without_end(tokens)) for tokens in ids],
-        "tokens_per_s": generated / seconds,
-        "decode_p50_ms": float(np.median(translator.model.timings["decode"]) * 1e3),
-    }
 
 
 def recompute_endpoints(model):
@@ -216,72 +179,6 @@ def cached_vs_recompute(model, cached_bundle: Path, mode: str, source_ids: np.nd
     }
 
 
-def qat_bundle(run: Path, output: Path, steps: int, parity_examples: int) -> dict:
-    """QAT for ``steps`` on the run's training batches, full-int8 TFLite, gated, bundled.
-
-    The gate compares with the run's own Keras fp32 model (not the fine-tuned weights).
-    """
-    from keras_transformer_edge.bundle import write_bundle
-    from keras_transformer_edge.optimize import (
-        convert_quantization_aware,
-        quantization_aware_training,
-    )
-    from keras_transformer_edge.parity import gate
-    from keras_transformer_edge.run_data import first_batch, load_run, parity_report
-    from keras_transformer_pipelines.translation_data import translation_dataset
-
-    original, trainee = load_run(run, beam_size=1), load_run(run, beam_size=1)
-    recipe, tokenizer = original.recipe, original.tokenizer
-    paths = translation_recipe.split_paths(recipe)
-    train = translation_dataset(
-        translation_recipe.read_pairs(paths["train"], False),
-        tokenizer,
-        original.model.encoder_sequence_length,
-        original.model.decoder_sequence_length,
-        max_tokens=recipe.data.max_tokens,
-        shuffle=True,
-        seed=recipe.training.seed,
-    )
-    began = time.perf_counter()
-    qat, history = quantization_aware_training(trainee.model, train, steps)
-    trained = time.perf_counter() - began
-    calibration = [first_batch(recipe, original.model, tokenizer, "train", 64, shuffle=True)]
-    flatbuffer = convert_quantization_aware(qat, calibration)
-    report = parity_report(
-        recipe, original.model, tokenizer, original.tokenizer_file, flatbuffer, parity_examples
-    )
-    write_bundle(
-        output,
-        flatbuffer,
-        kind=original.kind,
-        tokenizer_directory=original.tokenizer_file.parent,
-        quantization="qat_int8",
-        vocabulary_size=original.vocabulary_size,
-        max_lengths=original.lengths,
-        decoding={**original.decoding, "beam_size": 1},
-        extra={"parity": gate(report, "full_int8"), "qat_steps": steps},
-    )
-    losses = history.history["loss"]
-    return {
-        "qat_steps": steps,
-        "qat_seconds": round(trained, 1),
-        # One batch a step: means over the first and the last 50 steps.
-        "qat_loss_first_last": [
-            round(float(np.mean(part)), 4) for part in (losses[:50], losses[-50:])
-        ],
-    }
-
-
-def top1_agreement(reference: list[list[int]], candidate: list[list[int]]) -> float:
-    """Share of positions where two greedy decodes write the same token (up to the shorter)."""
-    same = total = 0
-    for ref, cand in zip(reference, candidate, strict=True):
-        length = min(len(ref), len(cand))
-        same += sum(a == b for a, b in zip(ref[:length], cand[:length]))
-        total += max(len(ref), len(cand))
-    return same / max(total, 1)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, default=ROOT / "runs" / "quality" / "ours")
@@ -301,45 +198,23 @@ def main() -> None:
     pairs = held_out(run, args.sentences)
     sources, references = [source for source, _ in pairs], [target for _, target in pairs]
 
-    keras_ids, keras_tokens_per_s = keras_greedy(model, tokenizer, sources)
-    keras_texts = [translation_recipe.ids_to_text(tokenizer, without_end(t)) for t in keras_ids]
-    keras_bleu = bleu(keras_texts, references)
-    print(f"keras fp32: BLEU {keras_bleu:.2f}, {keras_tokens_per_s:.1f} tokens/s", flush=True)
-
-    modes, bundles = {}, {}
-    for mode in args.modes.split(","):
-        bundle = args.work_dir / mode
-        began = time.perf_counter()
-        qat = {}
-        try:  # calibration (train split) and the parity gate (valid split) are the run's own
-            if mode == "qat_int8":
-                qat = qat_bundle(run, bundle, args.qat_steps, args.parity_examples)
-            else:
-                bundle_from_run(run, bundle, mode, parity_examples=args.parity_examples)
-        except ParityError as error:
-            modes[mode] = {"error": str(error)}
-            print(mode, modes[mode], flush=True)
-            continue
-        convert_seconds = time.perf_counter() - began
-        result = device_greedy(bundle, sources, args.threads)
-        size = (bundle / "model.tflite").stat().st_size
-        modes[mode] = {
-            "size_bytes": size,
-            "convert_s": round(convert_seconds, 1),
-            "decode_p50_ms": round(result["decode_p50_ms"], 3),
-            "tokens_per_s": round(result["tokens_per_s"], 1),
-            "bleu": round(bleu(result["texts"], references), 2),
-            "top1_agreement": round(top1_agreement(keras_ids, result["ids"]), 4),
-            **qat,
-        }
-        modes[mode]["bleu_delta"] = round(modes[mode]["bleu"] - keras_bleu, 2)
-        modes[mode]["parity"] = load_bundle(bundle).manifest["extra"]["parity"]
-        bundles[mode] = bundle
-        print(mode, modes[mode], flush=True)
-    if "fp32" in modes:
-        for entry in modes.values():
-            if "size_bytes" in entry:
-                entry["size_vs_fp32"] = round(entry["size_bytes"] / modes["fp32"]["size_bytes"], 4)
+    keras = keras_greedy(model, tokenizer, sources)
+    keras_bleu = bleu(keras.texts, references)
+    print(f"keras fp32: BLEU {keras_bleu:.2f}, {keras.tokens_per_s:.1f} tokens/s", flush=True)
+    # Calibration (train split) and the parity gate (valid split) are the run's own.
+    modes = compare_modes(
+        run,
+        args.modes.split(","),
+        args.work_dir,
+        sources,
+        references,
+        keras,
+        threads=args.threads,
+        parity_examples=args.parity_examples,
+        qat_steps=args.qat_steps,
+        log=lambda line: print(line, flush=True),
+    )
+    bundles = {mode: Path(entry["bundle"]) for mode, entry in modes.items() if "bundle" in entry}
 
     first = next(iter(bundles))
     source_ids = DeviceTranslator.from_bundle(bundles[first]).source_ids(sources[0])
@@ -351,7 +226,7 @@ def main() -> None:
         mode: cached_vs_recompute(model, bundles[mode], mode, padded) for mode in speed_modes
     }
     versus_keras = {
-        mode: round(modes[mode]["tokens_per_s"] / keras_tokens_per_s, 2) for mode in bundles
+        mode: round(modes[mode]["tokens_per_s"] / keras.tokens_per_s, 2) for mode in bundles
     }
     # The headline compares like with like: the float model against Keras float; the int8
     # figures stand beside it (*_by_mode).
@@ -363,7 +238,7 @@ def main() -> None:
                 "threads": args.threads,
                 "keras": {
                     "bleu": round(keras_bleu, 2),
-                    "tokens_per_s": round(keras_tokens_per_s, 1),
+                    "tokens_per_s": round(keras.tokens_per_s, 1),
                 },
                 "modes": modes,
                 "cached_vs_recompute": recompute[headline]["ratio"],

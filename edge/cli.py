@@ -1,8 +1,11 @@
 """``python -m keras_transformer_edge``: convert a training run for the device.
 
-    convert RUN OUTPUT [--mode M] [--float-fallback-threshold X]   a parity-gated bundle
-    report RUN [--top K] [--json FILE]                              full-int8 error per layer
-    onnx RUN OUTPUT_DIR                                             parity-checked ONNX files
+    convert RUN OUTPUT [--mode M]                           a parity-gated bundle (default fp32)
+    quantize RUN OUTPUT [--mode M] [--float-fallback-threshold X] [--qat-steps N]
+                                                            the same, quantized (default
+                                                            dynamic_int8; qat_int8 fine-tunes)
+    report RUN [--top K] [--json FILE]                      full-int8 error per layer
+    onnx RUN OUTPUT_DIR                                     parity-checked ONNX files
 
 The device commands (translate, generate, classify, tag, bench, info) run from
 ``python -m keras_transformer_edge.runtime``, which needs no TensorFlow. Exit codes: 0 done,
@@ -19,11 +22,13 @@ from pathlib import Path
 from keras_transformer_edge.convert import MODES, ConversionError
 
 EXIT_PARITY, EXIT_INPUT = 1, 2
+# ``quantize``'s modes: the reduced-precision conversions, and quantization-aware training.
+QUANTIZED_MODES = (*(mode for mode in MODES if mode != "fp32"), "qat_int8")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m keras_transformer_edge", description=__doc__.split("\n")[0]
+        prog=prog or "python -m keras_transformer_edge", description=__doc__.split("\n")[0]
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -33,16 +38,30 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--which", choices=("model", "best"), default="model")
         return sub
 
-    convert = command("convert", "convert a run to a parity-gated bundle")
-    convert.add_argument("output", type=Path, help="the bundle folder to write")
-    convert.add_argument("--mode", choices=MODES, default="dynamic_int8")
-    convert.add_argument("--beam", type=int, help="rows of decode_beam (translation)")
-    convert.add_argument("--prefill", type=int, help="prefill tokens (language model)")
-    convert.add_argument("--parity-examples", type=int, default=256, help="0: no gate")
-    convert.add_argument(
+    def bundle_command(name: str, help_text: str, modes, default: str) -> argparse.ArgumentParser:
+        sub = command(name, help_text)
+        sub.add_argument("output", type=Path, help="the bundle folder to write")
+        sub.add_argument("--mode", choices=modes, default=default, help=f"default: {default}")
+        sub.add_argument("--beam", type=int, help="rows of decode_beam (translation)")
+        sub.add_argument("--prefill", type=int, help="prefill tokens (language model)")
+        sub.add_argument("--parity-examples", type=int, default=256, help="0: no gate")
+        return sub
+
+    bundle_command("convert", "convert a run to a parity-gated bundle", MODES, "fp32")
+    quantize = bundle_command(
+        "quantize",
+        "quantize a run to a parity-gated bundle (post-training, or qat_int8: "
+        "quantization-aware fine-tuning, translation runs)",
+        QUANTIZED_MODES,
+        "dynamic_int8",
+    )
+    quantize.add_argument(
         "--float-fallback-threshold",
         type=float,
         help="full_int8: keep in float the ops whose relative error exceeds this",
+    )
+    quantize.add_argument(
+        "--qat-steps", type=int, default=300, help="qat_int8: fine-tuning steps (default 300)"
     )
     report = command("report", "per-layer error of full int8 against float, worst first")
     report.add_argument("--top", type=int, default=20, help="layers to print")
@@ -79,22 +98,31 @@ def _convert(args) -> dict:
     from keras_transformer_edge.runtime.bundle import load_bundle
 
     fallback: list[str] = []
-    if args.float_fallback_threshold is not None:
+    figures: dict = {}
+    if getattr(args, "float_fallback_threshold", None) is not None:
         if args.mode != "full_int8":
             raise ConversionError("--float-fallback-threshold applies to --mode full_int8")
         fallback = select_fallback(
             _layer_report(args.run, args.which), threshold=args.float_fallback_threshold
         )
-    bundle = bundle_from_run(
-        args.run,
-        args.output,
-        args.mode,
-        args.which,
-        beam_size=args.beam,
-        prefill_length=args.prefill,
-        parity_examples=args.parity_examples,
-        float_fallback=fallback,
-    )
+    if args.mode == "qat_int8":
+        from keras_transformer_edge.mode_comparison import qat_bundle_from_run
+
+        if args.which != "model" or args.beam or args.prefill:
+            raise ConversionError("qat_int8 takes the final model, without --beam or --prefill")
+        figures = qat_bundle_from_run(args.run, args.output, args.qat_steps, args.parity_examples)
+        bundle = args.output
+    else:
+        bundle = bundle_from_run(
+            args.run,
+            args.output,
+            args.mode,
+            args.which,
+            beam_size=args.beam,
+            prefill_length=args.prefill,
+            parity_examples=args.parity_examples,
+            float_fallback=fallback,
+        )
     manifest = load_bundle(bundle).manifest
     return {
         "bundle": str(bundle),
@@ -102,6 +130,7 @@ def _convert(args) -> dict:
         "bytes": manifest["files"]["model.tflite"]["bytes"],
         "float_fallback": fallback,
         "parity": manifest["extra"].get("parity"),
+        **figures,
     }
 
 
@@ -137,12 +166,13 @@ def _pad_right(ids, count: int):
     return np.pad(np.asarray(ids, np.int32), [(0, 0), (0, count)])
 
 
-def run(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def run(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Run the command line; returns the exit code. ``prog``: the name usage lines show."""
+    args = _parser(prog).parse_args(argv)
     from keras_transformer_edge.parity import ParityError
 
     try:
-        if args.command == "convert":
+        if args.command in ("convert", "quantize"):
             result = _convert(args)
         elif args.command == "onnx":
             result = _onnx(args)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from keras_transformer_pipelines.config import ConfigError, load_recipe, parse_override
 
@@ -25,15 +26,17 @@ EXIT_BAD_INPUT = 2
 TRANSLATION_ONLY = ("translate", "visualize")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="keras_transformer_pipelines", description=__doc__.splitlines()[0]
+        prog=prog or "python -m keras_transformer_pipelines", description=__doc__.splitlines()[0]
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument("recipe", help="the recipe file (.yaml, .yml or .json)")
+        sub.add_argument(
+            "recipe", help="the recipe file (.yaml, .yml or .json), or a run's output_dir"
+        )
         sub.add_argument(
             "-o",
             "--override",
@@ -75,11 +78,17 @@ def _input_lines(path: str | None) -> list[str]:
         return [line.rstrip("\n") for line in source]
 
 
-def run(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def recipe_path(path: str) -> Path:
+    """A recipe file, or the ``recipe.json`` a run folder keeps of the recipe it ran."""
+    return Path(path) / "recipe.json" if Path(path).is_dir() else Path(path)
+
+
+def run(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Run the command line; returns the exit code. ``prog``: the name usage lines show."""
+    args = _parser(prog).parse_args(argv)
     try:
         overrides = dict(parse_override(text) for text in args.override)
-        recipe = load_recipe(args.recipe, overrides)
+        recipe = load_recipe(recipe_path(args.recipe), overrides)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

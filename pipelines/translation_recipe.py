@@ -280,7 +280,8 @@ def evaluate(recipe: Recipe, which: str = "best", limit: int | None = None) -> d
 def visualize(
     recipe: Recipe, sentence: str, output_dir: str | Path | None = None, which: str = "best"
 ) -> dict:
-    """Translate ``sentence`` and save its attention heatmaps (PNG), pieces on the axes.
+    """Translate ``sentence`` and save its attention heatmaps (PNG), pieces on the axes, and
+    the run's training curve (``training_curve.png``) beside them.
 
     The decoder is fed its own translation (start token first), so the cross-attention rows
     show, for each output piece, where in the source the model looked while writing it.
@@ -303,4 +304,10 @@ def visualize(
 
     output_dir = Path(output_dir or Path(recipe.output_dir) / "attention")
     paths = plot_attention_maps(maps, output_dir, pieces(source), pieces(target))
-    return {"source": sentence, "translation": translation, "files": paths}
+    history = Path(recipe.output_dir) / "history.csv"
+    if history.is_file():  # and the curve of the training that made these weights
+        from keras_transformer_pipelines.training_plots import plot_training_curve
+
+        steps = recipe.training.steps_per_checkpoint
+        paths = [*paths, plot_training_curve(history, output_dir / "training_curve.png", steps)]
+    return {"source": sentence, "translation": translation, "files": [str(p) for p in paths]}

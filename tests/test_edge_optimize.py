@@ -13,7 +13,11 @@ pytest.importorskip("tensorflow_model_optimization")
 litert = pytest.importorskip("ai_edge_litert.interpreter")
 
 from keras_transformer.layers import ArgumentError  # noqa: E402
-from keras_transformer.models import Seq2SeqTransformer, SequenceClassifier  # noqa: E402
+from keras_transformer.models import (  # noqa: E402
+    Seq2SeqTransformer,
+    SequenceClassifier,
+    TransformerLanguageModel,
+)
 from keras_transformer_edge.convert import op_names  # noqa: E402
 from keras_transformer_edge.optimize import (  # noqa: E402
     MaskedCrossentropy,
@@ -331,3 +335,36 @@ def test_bad_arguments_are_one_line_errors():
             call()
         message = str(error.value)
         assert fragment in message and "\n" not in message, message
+
+
+def test_a_quantization_aware_language_model_converts_with_prefill_and_decode():
+    keras.utils.set_random_seed(2)
+    layers = {key: value for key, value in SMALL.items() if "_layers" not in key}
+    model = TransformerLanguageModel(60, LENGTH, num_layers=1, **layers)
+    ids = np.random.default_rng(3).integers(3, 60, (32, LENGTH)).astype("int32")
+    dataset = _dataset(ids, np.roll(ids, -1, axis=1))
+    quantized = quantization_aware(model, dataset, calibration_steps=2, prefill_length=3)
+    flatbuffer = convert_quantization_aware(quantized, dataset, calibration_steps=1)
+    interpreter = litert.Interpreter(model_content=flatbuffer)
+    assert set(interpreter.get_signature_list()) == {"prefill", "decode"}
+    assert not [name for name in op_names(flatbuffer) if name.startswith("Flex")]
+    # The int8 file's next-token logits (prefill 3, then one decode step at a time) agree
+    # with the quantization-aware Keras model's teacher-forced ones.
+    prefill, decode = (interpreter.get_signature_runner(name) for name in ("prefill", "decode"))
+    keras_logits = np.asarray(quantized(ids[:4]))
+    empty = np.zeros(prefill.get_input_details()["cache"]["shape"], "float32")
+    agreement = []
+    for row in range(4):
+        out = prefill(tokens=ids[row : row + 1, :3], cache=empty)
+        cache, logits = out["cache"], [out["logits"][0, -1]]
+        for index in range(3, LENGTH):
+            out = decode(
+                token=ids[row : row + 1, index : index + 1],
+                cache=cache,
+                index=np.array(index, "int32"),
+            )
+            cache = out["cache"]
+            logits.append(out["logits"][0, -1])
+        found = np.asarray(logits).argmax(-1)
+        agreement.append((found == keras_logits[row, 2:].argmax(-1)).mean())
+    assert np.mean(agreement) >= 0.85, agreement

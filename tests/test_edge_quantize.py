@@ -194,3 +194,25 @@ def test_the_beam_signature_is_calibrated_too(reversal_export):
     ]
     # Uncalibrated, decode_beam would keep float32 copies of the decoder's weights.
     assert weights and all(tensor.type == schema.TensorType.INT8 for tensor in weights)
+
+
+@pytest.mark.parametrize("mode", ["float16", "dynamic_int8", "full_int8"])
+def test_language_models_and_classifiers_convert_in_every_mode(mode, rng):
+    """The README's kinds x modes table: each converts and stays close to Keras."""
+    minimum = {"float16": 0.99, "dynamic_int8": 0.95, "full_int8": 0.85}[mode]
+    language_model = TransformerLanguageModel(60, 16, **SMALL)
+    ids = rng.integers(3, 60, (16, 16)).astype("int32")
+    endpoints = language_model_endpoints(language_model, prefill_length=5)
+    calibration = [ids] if mode == "full_int8" else None
+    flatbuffer = convert(language_model, endpoints, mode, calibration=calibration)
+    report = parity.language_model_parity(language_model, flatbuffer, (ids, ids))
+    assert report["top1_agreement"] >= minimum, report
+
+    tokens = rng.integers(3, 200, (32, 12)).astype("int32")
+    for model_class, signature in ((SequenceClassifier, "classify"), (TokenClassifier, "tag")):
+        classifier = model_class(200, 12, 3, **SMALL)
+        calibration = [tokens] if mode == "full_int8" else None
+        flatbuffer = convert(classifier, classifier_endpoints(classifier), mode, calibration)
+        labels = rng.integers(0, 3, (32,) if signature == "classify" else (32, 12))
+        report = parity.classifier_parity(classifier, flatbuffer, (tokens, labels), signature)
+        assert report["top1_agreement"] >= minimum, (signature, report)

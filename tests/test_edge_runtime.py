@@ -719,7 +719,7 @@ def test_conversion_cli_writes_a_gated_bundle_a_report_and_onnx(run_dir, workdir
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["parity"]["passed"] and load_bundle(target).manifest["quantization"] == "float16"
     code = edge_cli.run(
-        ["convert", str(run_dir), str(workdir / "x"), "--float-fallback-threshold", "0.5"]
+        ["quantize", str(run_dir), str(workdir / "x"), "--float-fallback-threshold", "0.5"]
     )
     error = capsys.readouterr().err.strip()
     assert code == 2 and error.count("\n") == 0 and "full_int8" in error

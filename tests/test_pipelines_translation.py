@@ -246,7 +246,9 @@ def test_cli_trains_evaluates_and_translates_a_toy_language(tmp_path, capsys):
 
     assert cli.run(["visualize", str(recipe), "red cat open", "--model", "model"]) == 0
     shown = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert shown["translation"] == "OPEN CAT RED." and len(shown["files"]) == 3
+    # Three attention maps, then the training curve of the run.
+    assert shown["translation"] == "OPEN CAT RED." and len(shown["files"]) == 4
+    assert shown["files"][-1].endswith("training_curve.png")
     for path in shown["files"]:
         assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 

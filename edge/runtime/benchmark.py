@@ -4,8 +4,8 @@ Measured, in order: the init time (manifest, hashes and tokenizer checked, inter
 the first inference, ``warmup`` untimed runs, then ``runs`` timed runs of the task on one
 text from its ids (tokenization is timed on its own). Reported as JSON-ready numbers: latency
 min/p50/p90/p99/max/mean in ms, the same per signature (``encode``, each ``decode`` step, ...),
-tokens per second for generation, the process's peak RSS (``getrusage``: everything the process
-has held, the caller's imports included) and the model's size.
+tokens per second for generation, the process's peak RSS (everything the process has held, the
+caller's imports included) and the model's size.
 """
 
 from __future__ import annotations
@@ -46,7 +46,20 @@ def latency_stats(seconds: list[float]) -> dict[str, float]:
 
 
 def peak_rss_mb() -> float:
-    """The process's peak resident set size in MiB (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    """The process's peak resident set size in MiB.
+
+    Linux: ``VmHWM`` of /proc/self/status, the peak of this program's memory. Not
+    ``ru_maxrss``: Linux carries it over ``fork`` + ``exec``, so a benchmark started from a
+    big process (a Python holding TensorFlow) would report its parent's peak.
+    Elsewhere ``ru_maxrss`` (KiB; bytes on macOS).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)
 

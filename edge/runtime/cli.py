@@ -32,9 +32,9 @@ from keras_transformer_edge.runtime.errors import BackendError, BundleError, Inp
 COMMANDS = ("translate", "generate", "classify", "tag")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m keras_transformer_edge.runtime",
+        prog=prog or "python -m keras_transformer_edge.runtime",
         description="Run a keras-transformer bundle with a TFLite interpreter (no TensorFlow).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -181,9 +181,9 @@ def _run_lines(args: argparse.Namespace) -> None:
             stream.close()
 
 
-def run(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
-    args = _parser().parse_args(argv)
+def run(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Run the command line; returns the exit code. ``prog``: the name usage lines show."""
+    args = _parser(prog).parse_args(argv)
     try:
         if args.command == "info":
             from keras_transformer_edge.runtime.bundle import load_bundle

@@ -1,0 +1,3 @@
+from keras_transformer_cli.main import main
+
+main()

@@ -1,0 +1,238 @@
+"""A translation run on the device, mode by mode: size, speed and quality against Keras.
+
+For each quantization mode the run is converted and bundled (parity-gated), then the TF-free
+runtime translates held-out sentences greedily, batch 1, and sacreBLEU scores them against the
+references; the Keras fp32 model's own greedy translations of the same sentences are the
+baseline. Shared by the main job (``keras-transformer run``) and ``benchmarks/edge.py``::
+
+    keras = keras_greedy(model, tokenizer, sources)
+    result = compare_modes(run_dir, ["fp32", "dynamic_int8"], work_dir, sources, references, keras)
+
+``qat_int8`` is a mode here too: quantization-aware fine-tuning (``optimize.py``) on the run's
+training batches, then full int8 (:func:`qat_bundle_from_run`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from keras_transformer_edge.bundle import bundle_from_run, write_bundle
+from keras_transformer_edge.convert import MODES
+from keras_transformer_edge.parity import ParityError, gate
+from keras_transformer_edge.run_data import first_batch, load_run, parity_report
+from keras_transformer_edge.runtime.bundle import load_bundle
+from keras_transformer_edge.runtime.errors import BundleError
+from keras_transformer_edge.runtime.translator import Translator as DeviceTranslator
+from keras_transformer_pipelines import translation_recipe
+from keras_transformer_pipelines.metrics import bleu, chrf
+from keras_transformer_pipelines.tokenizers import END_ID
+
+DEVICE_MODES = (*MODES, "qat_int8")
+
+
+@dataclasses.dataclass
+class GreedyResult:
+    """Greedy translations of a list of sentences, batch 1, and how fast they were written."""
+
+    ids: list[list[int]]  # as written: the end token last when one was written
+    texts: list[str]
+    tokens_per_s: float
+    decode_p50_ms: float | None = None  # the device's per-step median
+
+
+def without_end(tokens: Sequence[int], end_id: int = END_ID) -> list[int]:
+    tokens = list(tokens)
+    return tokens[: tokens.index(end_id)] if end_id in tokens else tokens
+
+
+def keras_greedy(model, tokenizer, sources: Sequence[str]) -> GreedyResult:
+    """Keras greedy decoding at its best: KV cache, one compiled graph, batch 1."""
+    translator = translation_recipe.Translator(model, tokenizer, beam_size=1, batch_size=1)
+    translator([sources[0]])  # trace the graph once, outside the timing
+    ids, generated, began = [], 0, time.perf_counter()
+    for source in sources:
+        row = translator._decode(tf.constant(translator.ids([source]))).numpy()[0]
+        tokens = [int(t) for t in row if t != 0]
+        generated += len(tokens)
+        ids.append(tokens)
+    seconds = time.perf_counter() - began
+    texts = [translation_recipe.ids_to_text(tokenizer, without_end(t)) for t in ids]
+    return GreedyResult(ids, texts, generated / seconds)
+
+
+def device_greedy(bundle: str | Path, sources: Sequence[str], threads: int = 1) -> GreedyResult:
+    """Greedy translations in the runtime; ``decode_p50_ms`` is over every step they ran."""
+    translator = DeviceTranslator.from_bundle(bundle, num_threads=threads, record_timings=True)
+    translator.translate(sources[0], beam_size=1)  # first inference outside the timing
+    translator.model.timings.clear()
+    ids, generated, began = [], 0, time.perf_counter()
+    for source in sources:
+        tokens = translator.translate_ids(translator.source_ids(source), beam_size=1)
+        generated += len(tokens)
+        ids.append(tokens)
+    seconds = time.perf_counter() - began
+    return GreedyResult(
+        ids,
+        [translator.decode(without_end(tokens)) for tokens in ids],
+        generated / seconds,
+        float(np.median(translator.model.timings["decode"]) * 1e3),
+    )
+
+
+def top1_agreement(reference: list[list[int]], candidate: list[list[int]]) -> float:
+    """Share of positions where two greedy decodes write the same token (up to the longer)."""
+    same = total = 0
+    for ref, cand in zip(reference, candidate, strict=True):
+        length = min(len(ref), len(cand))
+        same += sum(a == b for a, b in zip(ref[:length], cand[:length]))
+        total += max(len(ref), len(cand))
+    return same / max(total, 1)
+
+
+def qat_bundle_from_run(
+    run_dir: str | Path, output: str | Path, steps: int, parity_examples: int = 256
+) -> dict:
+    """Quantization-aware fine-tuning for ``steps`` on the run's training batches, then a
+    full-int8 TFLite, parity-gated against the run's own Keras fp32 model, bundled.
+
+    Translation runs only (``encode``/``decode``; no ``decode_beam``). Returns the fine-tune's
+    figures: steps, seconds, mean loss over its first and last 50 steps.
+    """
+    from keras_transformer_edge.optimize import (
+        convert_quantization_aware,
+        quantization_aware_training,
+    )
+    from keras_transformer_pipelines.translation_data import translation_dataset
+
+    original, trainee = load_run(run_dir, beam_size=1), load_run(run_dir, beam_size=1)
+    recipe, tokenizer = original.recipe, original.tokenizer
+    if recipe.task != "translation":
+        raise ValueError(f"qat_int8 bundles are made for translation runs, not {recipe.task}")
+    train = translation_dataset(
+        translation_recipe.read_pairs(translation_recipe.split_paths(recipe)["train"], False),
+        tokenizer,
+        original.model.encoder_sequence_length,
+        original.model.decoder_sequence_length,
+        max_tokens=recipe.data.max_tokens,
+        shuffle=True,
+        seed=recipe.training.seed,
+    )
+    began = time.perf_counter()
+    qat, history = quantization_aware_training(trainee.model, train, steps)
+    trained = time.perf_counter() - began
+    calibration = [first_batch(recipe, original.model, tokenizer, "train", 64, shuffle=True)]
+    flatbuffer = convert_quantization_aware(qat, calibration)
+    report = parity_report(
+        recipe, original.model, tokenizer, original.tokenizer_file, flatbuffer, parity_examples
+    )
+    losses = history.history["loss"]
+    figures = {
+        "qat_steps": steps,
+        "qat_seconds": round(trained, 1),
+        "qat_loss_first_last": [
+            round(float(np.mean(part)), 4) for part in (losses[:50], losses[-50:])
+        ],
+    }
+    write_bundle(
+        output,
+        flatbuffer,
+        kind=original.kind,
+        tokenizer_directory=original.tokenizer_file.parent,
+        quantization="qat_int8",
+        vocabulary_size=original.vocabulary_size,
+        max_lengths=original.lengths,
+        decoding={**original.decoding, "beam_size": 1},
+        extra={"parity": gate(report, "full_int8"), **figures},
+    )
+    return figures
+
+
+def existing_bundle(path: Path, mode: str) -> bool:
+    """Whether ``path`` holds a bundle of ``mode`` that passes the runtime's checks."""
+    try:
+        return load_bundle(path).manifest["quantization"] == mode
+    except (BundleError, FileNotFoundError, KeyError):
+        return False
+
+
+def build_bundle(
+    run_dir: str | Path, bundle: Path, mode: str, parity_examples: int = 256, qat_steps: int = 300
+) -> dict:
+    """Convert (or fine-tune and convert) one mode; the mode's extra figures (QAT's)."""
+    if mode == "qat_int8":
+        return qat_bundle_from_run(run_dir, bundle, qat_steps, parity_examples)
+    bundle_from_run(run_dir, bundle, mode, parity_examples=parity_examples)
+    return {}
+
+
+def compare_modes(
+    run_dir: str | Path,
+    modes: Sequence[str],
+    work_dir: str | Path,
+    sources: Sequence[str],
+    references: Sequence[str],
+    keras: GreedyResult,
+    threads: int = 1,
+    parity_examples: int = 256,
+    qat_steps: int = 300,
+    reuse: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, dict]:
+    """Each mode's bundle in ``work_dir/<mode>`` and its figures on the device.
+
+    ``keras``: the Keras fp32 greedy translations of ``sources`` (:func:`keras_greedy`), the
+    baseline of ``bleu_delta`` and ``top1_agreement``. ``reuse``: keep a bundle already in
+    place that passes its checks (its conversion time is then not measured). A mode whose
+    conversion fails its parity gate is reported as ``{"error": ...}``.
+    """
+    unknown = [mode for mode in modes if mode not in DEVICE_MODES]
+    if unknown:
+        raise ValueError(f"unknown mode(s) {unknown}; choose from {list(DEVICE_MODES)}")
+    keras_bleu = bleu(keras.texts, references)
+    results: dict[str, dict] = {}
+    for mode in modes:
+        bundle = Path(work_dir) / mode
+        figures: dict = {}
+        if reuse and existing_bundle(bundle, mode):
+            log(f"{mode}: reusing {bundle}")
+        else:
+            log(f"{mode}: converting (parity gate on {parity_examples} held-out examples)")
+            began = time.perf_counter()
+            try:
+                figures = build_bundle(run_dir, bundle, mode, parity_examples, qat_steps)
+            except ParityError as error:
+                results[mode] = {"error": str(error)}
+                log(f"{mode}: {error}")
+                continue
+            figures["convert_s"] = round(time.perf_counter() - began, 1)
+        device = device_greedy(bundle, sources, threads)
+        entry = {
+            "bundle": str(bundle),
+            "size_bytes": (bundle / "model.tflite").stat().st_size,
+            "decode_p50_ms": round(device.decode_p50_ms, 3),
+            "tokens_per_s": round(device.tokens_per_s, 1),
+            "bleu": round(bleu(device.texts, references), 2),
+            "chrf": round(chrf(device.texts, references), 2),
+            "top1_agreement": round(top1_agreement(keras.ids, device.ids), 4),
+            **figures,
+        }
+        entry["bleu_delta"] = round(entry["bleu"] - keras_bleu, 2)
+        entry["parity"] = load_bundle(bundle).manifest["extra"].get("parity")
+        results[mode] = entry
+        log(
+            f"{mode}: {entry['size_bytes'] / 1e6:.1f} MB, BLEU {entry['bleu']:.2f} "
+            f"({entry['bleu_delta']:+.2f}), {entry['tokens_per_s']:.0f} tokens/s"
+        )
+    if "size_bytes" in results.get("fp32", {}):
+        for entry in results.values():
+            if "size_bytes" in entry:
+                entry["size_vs_fp32"] = round(
+                    entry["size_bytes"] / results["fp32"]["size_bytes"], 4
+                )
+    return results
