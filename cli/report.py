@@ -14,8 +14,9 @@ def _mode_row(mode: str, entry: dict) -> str:
         return f"| {mode} | failed its parity gate: {entry['error']} |||||||||"
     parity = entry.get("parity") or {}
     gate = "passed" if parity.get("passed") else "not run"
-    if parity.get("metric_drop") is not None:
-        gate += f" (drop {parity['metric_drop']:+.2f} on {parity['examples']})"
+    if parity.get("metric_drop") is not None:  # the change of the gate's metric (BLEU)
+        change = round(-parity["metric_drop"], 2) + 0.0  # + 0.0: no "-0.00"
+        gate += f" ({change:+.2f} on {parity['examples']} {parity['split']})"
     ratio = entry.get("size_vs_fp32")
     return (
         f"| {mode} | {entry['size_bytes'] / 1e6:.1f} MB | "

@@ -204,17 +204,32 @@ class MultiHeadAttention(keras.layers.Layer):
         return ops.transpose(ops.reshape(x, (batch, length, num_heads, depth)), (0, 2, 1, 3))
 
     def _split_heads(self, projected, query_heads: int):
-        """Fused ``[B, L, query_heads*Dk + H_kv*Dk + H_kv*Dv]`` -> (q, k, v), head-major."""
+        """Fused ``[B, L, query_heads*Dk + H_kv*Dk + H_kv*Dv]`` -> (q, k, v), head-major.
+
+        Without queries (a memory) the split has two parts, not an empty third: a full-int8
+        TFLite converter could give the empty part's split other quantization parameters
+        than its input, and fail ("violate the same scale constraint") in some processes.
+        """
         kv_heads = self.num_key_value_heads
         if self.key_dim == self.value_dim:
             heads = self._to_heads(projected, query_heads + 2 * kv_heads, self.key_dim)
+            if not query_heads:
+                key, value = ops.split(heads, [kv_heads], axis=1)
+                return None, key, value
             query, key, value = ops.split(heads, [query_heads, query_heads + kv_heads], axis=1)
-            return (query if query_heads else None), key, value
+            return query, key, value
         query_width = query_heads * self.key_dim
         key_width = kv_heads * self.key_dim
+        if not query_heads:
+            key, value = ops.split(projected, [key_width], axis=-1)
+            return (
+                None,
+                self._to_heads(key, kv_heads, self.key_dim),
+                self._to_heads(value, kv_heads, self.value_dim),
+            )
         query, key, value = ops.split(projected, [query_width, query_width + key_width], axis=-1)
         return (
-            self._to_heads(query, query_heads, self.key_dim) if query_heads else None,
+            self._to_heads(query, query_heads, self.key_dim),
             self._to_heads(key, kv_heads, self.key_dim),
             self._to_heads(value, kv_heads, self.value_dim),
         )
