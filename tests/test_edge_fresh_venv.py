@@ -27,7 +27,15 @@ from keras_transformer_pipelines.decoding import translate_ids  # noqa: E402
 from keras_transformer_pipelines.synthetic import word_translation_pairs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ("setup.py", "README.md", "pyproject.toml", "keras_transformer", "pipelines", "edge")
+SOURCES = (
+    "setup.py",
+    "README.md",
+    "pyproject.toml",
+    "keras_transformer",
+    "pipelines",
+    "edge",
+    "cli",
+)
 TEXTS = [source for source, _ in word_translation_pairs(8, max_words=5, seed=11)] + ["sun"]
 
 
@@ -92,3 +100,11 @@ def test_runtime_only_install_runs_a_pipeline_bundle_with_the_keras_ids(tmp_path
 
     text = _run([*command, "--beam", "1"], input=stdin, cwd=tmp_path)
     assert text.returncode == 0 and text.stdout.splitlines() == expected_text
+
+    # The one command works there too for the device's subcommands, and says what a training
+    # subcommand would need.
+    console = str(environment / "bin" / "keras-transformer")
+    text = _run([console, "translate", str(bundle), "--beam", "1"], input=stdin, cwd=tmp_path)
+    assert text.returncode == 0 and text.stdout.splitlines() == expected_text, text.stderr
+    missing = _run([console, "train", "recipe.yaml"], cwd=tmp_path)
+    assert missing.returncode == 1 and "keras-transformer[tensorflow]" in missing.stderr
