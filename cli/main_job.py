@@ -134,8 +134,8 @@ class MainJob:
                 (self.run_dir / name).unlink(missing_ok=True)
             shutil.rmtree(self.run_dir / "backup", ignore_errors=True)
         if "evaluate" in later:
-            for name in ("evaluation.json", "keras_greedy.json"):
-                (self.output / name).unlink(missing_ok=True)
+            (self.run_dir / "evaluation.json").unlink(missing_ok=True)
+            (self.output / "keras_greedy.json").unlink(missing_ok=True)
         if "quantize" in later:
             shutil.rmtree(self.output / "bundles", ignore_errors=True)
         if "device" in later:
@@ -180,12 +180,12 @@ class MainJob:
         from keras_transformer_pipelines.metrics import bleu, chrf
 
         sources, references = self.sentences()
-        beam_path, greedy_path = self.output / "evaluation.json", self.output / "keras_greedy.json"
+        # evaluate() writes evaluation.json (and hypotheses.txt) into the run folder.
+        beam_path, greedy_path = self.run_dir / "evaluation.json", self.output / "keras_greedy.json"
         beam = json.loads(beam_path.read_text()) if self.current(beam_path) else None
         if beam is None or beam["sentences"] != len(sources):
             log(f"  Keras beam search on {len(sources)} test sentences")
             beam = translation_recipe.evaluate(self.recipe, "model", self.args.sentences)
-            beam_path.write_text(json.dumps(beam, indent=2) + "\n")
         greedy = json.loads(greedy_path.read_text()) if self.current(greedy_path) else None
         if greedy is None or len(greedy["ids"]) != len(sources):
             log(f"  Keras greedy decoding, batch 1, on {len(sources)} test sentences")
@@ -257,11 +257,10 @@ class MainJob:
         from keras_transformer_pipelines.translation_recipe import visualize
 
         plots = self.output / "plots"
-        shown = visualize(self.recipe, ATTENTION_SENTENCE, plots / "attention", "model")
-        curve = plots / "training_curve.png"
-        shutil.move(shown["files"][-1], curve)  # visualize writes it beside the heatmaps
+        # The heatmaps, then the run's training curve (training_curve.png), all in plots/.
+        shown = visualize(self.recipe, ATTENTION_SENTENCE, plots, "model")
         return {
-            "training_curve": str(curve),
+            "training_curve": shown["files"][-1],
             "attention": shown["files"][:-1],
             "attention_sentence": {"source": shown["source"], "translation": shown["translation"]},
             "modes": str(plot_modes(modes, plots / "modes.png")),
