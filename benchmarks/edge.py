@@ -56,6 +56,7 @@ from keras_transformer_edge.convert import convert, seq2seq_endpoints  # noqa: E
 from keras_transformer_edge.mode_comparison import compare_modes, keras_greedy  # noqa: E402
 from keras_transformer_edge.run_data import run_recipe  # noqa: E402
 from keras_transformer_edge.runtime.interpreter import LiteModel  # noqa: E402
+from keras_transformer_edge.runtime.signatures import position  # noqa: E402
 from keras_transformer_edge.runtime.translator import Translator as DeviceTranslator  # noqa: E402
 from keras_transformer_pipelines import translation_recipe  # noqa: E402
 from keras_transformer_pipelines.config import load_recipe  # noqa: E402
@@ -121,7 +122,7 @@ def _greedy_cached(model: LiteModel, source_ids: np.ndarray) -> list[int]:
             "decode",
             token=np.array([[token]], np.int32),
             cache=cache,
-            index=np.array(index, np.int32),
+            index=position(index),
             **encoded,
         )
         cache, token = out["cache"], int(out["logits"][0, -1].argmax())

@@ -38,10 +38,20 @@ from keras_transformer_edge.quantize import (
     representative_dataset,
     seq2seq_samples,
 )
+from keras_transformer_edge.runtime.signatures import POSITION_SHAPE
 
 Endpoints = dict[str, tuple[Callable, list[tf.TensorSpec]]]
 MODES = ("fp32", "float16", "dynamic_int8", "full_int8", "int16_activations")
 CALIBRATED_MODES = ("full_int8", "int16_activations")
+
+
+# A decode step's cache position: shape [1], never rank 0 (runtime/signatures.py says why).
+POSITION = tf.TensorSpec(POSITION_SHAPE, tf.int32)
+
+
+def _position(index):
+    """The scalar position the layers take, from the exported ``[1]`` input."""
+    return tf.reshape(index, ())
 
 
 class ConversionError(ValueError):
@@ -66,14 +76,16 @@ def seq2seq_endpoints(
         return {"cross_attention_cache": model.cross_attention_cache(output), "source_mask": mask}
 
     def decode(token, cache, index, cross_attention_cache, source_mask):
-        logits, cache = model.decode(token, cache, index, cross_attention_cache, source_mask)
+        logits, cache = model.decode(
+            token, cache, _position(index), cross_attention_cache, source_mask
+        )
         return {"logits": logits, "cache": cache}
 
     def decode_signature(rows: int) -> list[tf.TensorSpec]:
         return [
             tf.TensorSpec((rows, 1), tf.int32),
             tf.TensorSpec(model.init_cache(rows).shape, tf.float32),
-            tf.TensorSpec((), tf.int32),
+            POSITION,
             tf.TensorSpec((rows, *cross_shape), tf.float32),
             tf.TensorSpec((rows, source.shape[1]), tf.bool),
         ]
@@ -109,14 +121,14 @@ def language_model_endpoints(
         return {"logits": logits, "cache": cache}
 
     def decode(token, cache, index):
-        logits, cache = model.call_with_cache(token, cache, index)
+        logits, cache = model.call_with_cache(token, cache, _position(index))
         return {"logits": logits, "cache": cache}
 
     return {
         "prefill": (prefill, [tf.TensorSpec((batch_size, prefill_length), tf.int32), cache]),
         "decode": (
             decode,
-            [tf.TensorSpec((batch_size, 1), tf.int32), cache, tf.TensorSpec((), tf.int32)],
+            [tf.TensorSpec((batch_size, 1), tf.int32), cache, POSITION],
         ),
     }
 

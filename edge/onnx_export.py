@@ -35,6 +35,7 @@ import tensorflow as tf
 
 from keras_transformer_edge.convert import ConversionError, Endpoints
 from keras_transformer_edge.parity import ParityError  # the same error as the TFLite gate
+from keras_transformer_edge.runtime.signatures import position
 
 # tf2onnx 1.17 targets opsets up to 18 (its default is 15); 17 runs on every onnxruntime this
 # project allows (>= 1.20).
@@ -366,7 +367,7 @@ def seq2seq_parity_inputs(
         feed = {
             "token": np.asarray(target_ids[:, index : index + 1], np.int32),
             "cache": cache,
-            "index": np.array(index, np.int32),
+            "index": position(index),
             **encoded,
         }
         steps.append(feed)
@@ -390,7 +391,7 @@ def language_model_parity_inputs(
         feed = {
             "token": token_ids[:, index : index + 1],
             "cache": cache,
-            "index": np.array(index, np.int32),
+            "index": position(index),
         }
         steps.append(feed)
         cache = keras.ops.convert_to_numpy(decode(**feed)["cache"])

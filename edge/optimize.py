@@ -54,6 +54,7 @@ from keras_transformer.layers import FeedForward, MultiHeadAttention
 from keras_transformer.layers.validation import ArgumentError
 from keras_transformer.models import Seq2SeqTransformer, TransformerLanguageModel
 from keras_transformer_edge.convert import ConversionError, check_builtin_ops
+from keras_transformer_edge.runtime.signatures import position
 from keras_transformer_edge.tfkeras_bridge import (
     KerasModelLayer,
     bridge_layer,
@@ -787,7 +788,7 @@ def representative_samples(
                     inputs = {
                         "token": target[None, index : index + 1].astype("int32"),
                         "cache": cache,
-                        "index": np.array(index, "int32"),
+                        "index": position(index),
                         "cross_attention_cache": encoded["cross_attention_cache"].numpy(),
                         "source_mask": encoded["source_mask"].numpy(),
                     }
@@ -804,7 +805,7 @@ def representative_samples(
                     inputs = {
                         "token": tokens[None, index : index + 1].astype("int32"),
                         "cache": cache,
-                        "index": np.array(index, "int32"),
+                        "index": position(index),
                     }
                     samples["decode"].append(inputs)
                     cache = run("decode", **inputs)["cache"].numpy()

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_transformer_edge.convert import ConversionError
+from keras_transformer_edge.runtime.signatures import position
 
 PAD_ID, START_ID, END_ID = 0, 1, 2
 IGNORED = -1  # labels the metrics skip (text_data.IGNORED)
@@ -86,7 +87,7 @@ def _decoder(interpreter, source_row: np.ndarray) -> Callable[[int, int], np.nda
         out = decode(
             token=np.array([[token]], np.int32),
             cache=state["cache"],
-            index=np.array(index, np.int32),
+            index=position(index),
             **encoded,
         )
         state["cache"] = out["cache"]
@@ -172,9 +173,7 @@ def language_model_parity(model, flatbuffer: bytes, batch) -> dict:
         out = prefill(tokens=row[:, :prompt], cache=np.zeros(cache_spec["shape"], np.float32))
         logits, cache = [out["logits"][0]], out["cache"]
         for index in range(prompt, length):
-            out = decode(
-                token=row[:, index : index + 1], cache=cache, index=np.array(index, np.int32)
-            )
+            out = decode(token=row[:, index : index + 1], cache=cache, index=position(index))
             logits.append(out["logits"][0])
             cache = out["cache"]
         rows.append(np.concatenate(logits))

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from keras_transformer_edge.runtime.signatures import position
+
 Samples = dict[str, list[dict[str, np.ndarray]]]  # signature name -> its input dicts
 
 log = logging.getLogger(__name__)
@@ -101,7 +103,7 @@ def _decode_step(token: int, cache: np.ndarray, index: int, **inputs) -> dict[st
     return {
         "token": np.array([[token]], np.int32),
         "cache": cache,
-        "index": np.array(index, np.int32),
+        "index": position(index),
         **inputs,
     }
 
@@ -133,7 +135,7 @@ def seq2seq_samples(float_flatbuffer: bytes, batches: Iterable, limit: int = 64)
         rows = interpreter.get_signature_runner("decode_beam").get_input_details()["token"]
         samples["decode_beam"] = [
             {
-                name: np.repeat(value, rows["shape"][0], axis=0) if value.ndim else value
+                name: value if name == "index" else np.repeat(value, rows["shape"][0], axis=0)
                 for name, value in step.items()
             }
             for step in samples["decode"]

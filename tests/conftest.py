@@ -25,3 +25,8 @@ def trained_reversal():
 
     keras.utils.set_random_seed(0)
     return train_reversal(epochs=8, verbose=0)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The arm64 tests last: .ci/run builds their root filesystem in the background meanwhile."""
+    items.sort(key=lambda item: item.path.name == "test_edge_arm64.py")

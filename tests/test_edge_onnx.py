@@ -27,6 +27,7 @@ from keras_transformer_edge.onnx_export import (  # noqa: E402
     signature_to_onnx,
     to_onnx,
 )
+from keras_transformer_edge.runtime.signatures import position  # noqa: E402
 
 SMALL = dict(hidden_dim=32, num_heads=4, intermediate_dim=64)
 
@@ -61,7 +62,7 @@ def test_seq2seq_greedy_decode_through_onnx_matches_the_keras_forward(rng, tmp_p
         out = step(
             token=np.array([[tokens[-1]]], "int32"),
             cache=cache,
-            index=np.array(index, "int32"),
+            index=position(index),
             **encoded,
         )
         logits.append(out["logits"])
@@ -85,7 +86,7 @@ def test_language_model_prefill_and_decode_files_match_the_keras_forward(rng, tm
     out = prefill(tokens=ids[:, :4], cache=np.zeros(model.init_cache(1).shape, "float32"))
     logits, cache = [out["logits"]], out["cache"]
     for index in range(4, 10):
-        out = step(token=ids[:, index : index + 1], cache=cache, index=np.array(index, "int32"))
+        out = step(token=ids[:, index : index + 1], cache=cache, index=position(index))
         logits.append(out["logits"])
         cache = out["cache"]
     np.testing.assert_allclose(np.concatenate(logits, 1), np.asarray(model(ids)), atol=1e-4)

@@ -31,6 +31,7 @@ from keras_transformer_edge.optimize import (  # noqa: E402
     strip,
     to_tf_keras,
 )
+from keras_transformer_edge.runtime.signatures import position  # noqa: E402
 from keras_transformer_edge.tfkeras_bridge import bridge_layer  # noqa: E402
 
 SMALL = dict(
@@ -175,7 +176,7 @@ def _tflite_teacher_forced(flatbuffer, inputs, rows):
             out = decode(
                 token=inputs["decoder_token_ids"][row : row + 1, index : index + 1],
                 cache=cache,
-                index=np.array(index, "int32"),
+                index=position(index),
                 cross_attention_cache=encoded["cross_attention_cache"],
                 source_mask=encoded["source_mask"],
             )
@@ -361,7 +362,7 @@ def test_a_quantization_aware_language_model_converts_with_prefill_and_decode():
             out = decode(
                 token=ids[row : row + 1, index : index + 1],
                 cache=cache,
-                index=np.array(index, "int32"),
+                index=position(index),
             )
             cache = out["cache"]
             logits.append(out["logits"][0, -1])

@@ -18,6 +18,8 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 pytest.importorskip("ai_edge_litert.interpreter")
 
+from edge_runs import LENGTH, SMALL, VOCABULARY, fake_run, toy_translation_run, trim  # noqa: E402
+
 from keras_transformer.models import (  # noqa: E402
     SequenceClassifier,
     TokenClassifier,
@@ -42,6 +44,11 @@ from keras_transformer_edge.runtime.errors import (  # noqa: E402
 )
 from keras_transformer_edge.runtime.generator import Generator  # noqa: E402
 from keras_transformer_edge.runtime.interpreter import LiteModel  # noqa: E402
+from keras_transformer_edge.runtime.signatures import (  # noqa: E402
+    SIGNATURES,
+    check_signatures,
+    signature_table,
+)
 from keras_transformer_edge.runtime.translator import Translator  # noqa: E402
 from keras_transformer_pipelines import task_recipes, translation_recipe  # noqa: E402
 from keras_transformer_pipelines.config import recipe_from_dict  # noqa: E402
@@ -50,50 +57,8 @@ from keras_transformer_pipelines.synthetic import (  # noqa: E402
     entity_sentences,
     topic_sentences,
     word_translation_pairs,
-    write_tsv,
 )
 from keras_transformer_pipelines.tokenizers import load_tokenizer  # noqa: E402
-
-SMALL = {"hidden_dim": 32, "num_heads": 4, "intermediate_dim": 64, "num_layers": 1}
-LENGTH = 12  # source and target tokens of the toy translation model
-VOCABULARY = 400
-
-
-def toy_translation_run(directory: Path, steps: int = 120) -> Path:
-    """A translation run of the pipeline on the toy language (about 15 s); its folder."""
-    directory.mkdir(parents=True, exist_ok=True)
-    write_tsv(word_translation_pairs(1500, max_words=5, seed=0), directory / "train.tsv")
-    recipe = recipe_from_dict(
-        {
-            "output_dir": str(directory / "run"),
-            "data": {
-                "train": str(directory / "train.tsv"),
-                "max_source_length": LENGTH,
-                "max_target_length": LENGTH,
-                "max_tokens": 512,
-            },
-            "tokenizer": {"vocabulary_size": VOCABULARY},
-            "model": {
-                "num_encoder_layers": 1,
-                "num_decoder_layers": 1,
-                "hidden_dim": 32,
-                "num_heads": 4,
-                "intermediate_dim": 64,
-                "dropout": 0.0,
-            },
-            "training": {
-                "train_steps": steps,
-                "steps_per_checkpoint": steps,
-                "learning_rate": 0.005,
-                "warmup_steps": 30,
-                "label_smoothing": 0.0,
-                "verbose": 0,
-            },
-            "decoding": {"beam_size": 3, "length_penalty": 0.6},
-        }
-    )
-    translation_recipe.train(recipe)
-    return directory / "run"
 
 
 @pytest.fixture(scope="module")
@@ -122,24 +87,6 @@ def keras_model(run_dir):
     return translation_recipe.load_trained(run_dir)[0]
 
 
-def _fake_run(directory: Path, task: str, model: keras.Model, tokenizer_dir: Path, **data) -> Path:
-    """A run folder as the pipeline leaves it (recipe.json, model.keras, tokenizer/)."""
-    directory.mkdir()
-    model.ensure_built()
-    recipe = {
-        "task": task,
-        "output_dir": str(directory),
-        "data": {"train": "unused.txt", "max_length": model.sequence_length, **data},
-        "tokenizer": {"kind": "sentencepiece", "vocabulary_size": VOCABULARY},
-    }
-    (directory / "recipe.json").write_text(json.dumps(recipe))
-    model.save(directory / "model.keras")
-    (directory / "tokenizer").mkdir()
-    for name in ("tokenizer.json", "vocabulary.txt", "sentencepiece.model"):
-        (directory / "tokenizer" / name).write_bytes((tokenizer_dir / name).read_bytes())
-    return directory
-
-
 @pytest.fixture(scope="module")
 def single_sequence(run_dir, workdir) -> dict[str, tuple[Path, keras.Model, Path]]:
     """Language-model, classifier and tagger runs (untrained models) and their bundles."""
@@ -153,7 +100,7 @@ def single_sequence(run_dir, workdir) -> dict[str, tuple[Path, keras.Model, Path
     labels = {"classification": ["animal", "colour", "nature"], "tagging": "B-A I-A B-C I-C O"}
     runs = {}
     for task, model in models.items():
-        run = _fake_run(workdir / task, task, model, tokenizer_dir)
+        run = fake_run(workdir / task, task, model, tokenizer_dir)
         if task in labels:
             names = labels[task] if task == "classification" else labels[task].split()
             (run / task_recipes.LABEL_FILES[task]).write_text("".join(f"{n}\n" for n in names))
@@ -167,13 +114,6 @@ def single_sequence(run_dir, workdir) -> dict[str, tuple[Path, keras.Model, Path
 
 def _recipe(run: Path):
     return recipe_from_dict(json.loads((run / "recipe.json").read_text()))
-
-
-def _trim(ids) -> list[int]:
-    ids = [int(token) for token in ids]
-    while ids and ids[-1] == 0:
-        ids.pop()
-    return ids
 
 
 TEXTS = [source for source, _ in word_translation_pairs(10, max_words=6, seed=7)] + [
@@ -342,14 +282,14 @@ def test_greedy_and_beam_ids_equal_the_keras_models(translator, keras_model):
     }
     ended = 0
     for row, source in enumerate(sources):
-        source = _trim(source)
+        source = trim(source)
         greedy = translator.translate_ids(source, beam_size=1)
-        assert _trim(greedy) == _trim(expected[1][row]), TEXTS[row]
+        assert trim(greedy) == trim(expected[1][row]), TEXTS[row]
         ended += greedy[-1] == translator.end_id
         # 3 beams run in one decode_beam call; 2 beams fall back to one decode call per row.
         for beams in (2, 3):
             found = translator.translate_ids(source, beam_size=beams, length_penalty=0.6)
-            assert _trim(found) == _trim(expected[beams][row]), (TEXTS[row], beams)
+            assert trim(found) == trim(expected[beams][row]), (TEXTS[row], beams)
     assert ended >= len(TEXTS) // 2  # most translations stop at the end token
 
 
@@ -731,3 +671,68 @@ def test_conversion_cli_writes_a_gated_bundle_a_report_and_onnx(run_dir, workdir
     assert code == 0, capsys.readouterr().err
     assert sorted(p.name for p in (workdir / "onnx").iterdir()) == ["decode.onnx", "encode.onnx"]
     assert edge_cli.run(["convert", str(workdir / "missing"), str(workdir / "y")]) == 2
+
+
+# --- The format specification (docs/bundle-format.md) ---------------------------------------
+
+
+def test_every_bundle_kind_follows_the_format_spec(seq2seq_bundle, single_sequence):
+    paths = [seq2seq_bundle] + [bundle for _, _, bundle in single_sequence.values()]
+    kinds = set()
+    for path in paths:
+        bundle = load_bundle(path)  # which checks the manifest's signatures against the spec
+        assert bundle.manifest["format_version"] == 2
+        kinds.add(bundle.kind)
+        found = LiteModel(bundle.model_path, xnnpack=False).signatures
+        assert found == bundle.manifest["signatures"]
+        for name, sides in found.items():
+            for side, tensors in sides.items():
+                for tensor, spec in tensors.items():
+                    # A rank-0 input crashes LiteRT's signature runner on aarch64.
+                    assert len(spec["shape"]) >= 1, f"{path.name} {name} {side} {tensor}"
+        sizes = dict(bundle.max_lengths)
+        if bundle.kind in ("seq2seq", "language_model"):
+            sizes["vocabulary"] = bundle.manifest["vocabulary_size"]
+        check_signatures(bundle.kind, found, sizes)
+    assert kinds == set(SIGNATURES)
+    spec = (Path(__file__).parents[1] / "docs" / "bundle-format.md").read_text(encoding="utf-8")
+    assert signature_table() in spec, "docs/bundle-format.md's table differs from signatures.py"
+
+
+def test_a_manifest_that_contradicts_its_model_or_itself_is_refused(seq2seq_bundle, tmp_path):
+    def refused(change) -> str:
+        path = tmp_path / f"case{len(list(tmp_path.iterdir()))}"
+        _copy(seq2seq_bundle, path)
+        _rewrite_manifest(path, change)
+        return _bundle_error(path)
+
+    def set_in(*keys, value):
+        def change(manifest):
+            target = manifest
+            for key in keys[:-1]:
+                target = target[key]
+            target[keys[-1]] = value
+
+        return change
+
+    index = ("signatures", "decode", "inputs", "index", "shape")
+    assert "expected [1] in format version 2" in refused(set_in(*index, value=[]))
+    assert "target is" in refused(set_in("max_lengths", "target", value=LENGTH + 1))
+    assert "vocabulary is 400 here but 999" in refused(set_in("vocabulary_size", value=999))
+    assert "outside the vocabulary" in refused(set_in("special_tokens", "end", value=VOCABULARY))
+    assert "not distinct" in refused(set_in("special_tokens", "end", value=1))
+    assert "decoding.beam_size" in refused(set_in("decoding", "beam_size", value=0))
+    assert "decoding.beam_size" in refused(set_in("decoding", "beam_size", value="4"))
+    assert "not a finite number" in refused(set_in("decoding", "length_penalty", value=1e400))
+    assert "decoding.max_length" in refused(set_in("decoding", "max_length", value=LENGTH + 1))
+    assert "not a seq2seq decoding option" in refused(set_in("decoding", "top_k", value=3))
+    assert "has no labels" in refused(set_in("labels", value=["a"]))
+    assert "not part of a seq2seq bundle" in refused(
+        lambda manifest: manifest["signatures"].update(extra=manifest["signatures"]["encode"])
+    )
+    # Format version 1 (a rank-0 index) is still read.
+    version1 = tmp_path / "version1"
+    _copy(seq2seq_bundle, version1)
+    _rewrite_manifest(version1, set_in(*index, value=[]))
+    _rewrite_manifest(version1, set_in("format_version", value=1))
+    assert load_bundle(version1).manifest["format_version"] == 1

@@ -22,6 +22,7 @@ from keras_transformer_edge.convert import (  # noqa: E402
     op_names,
     seq2seq_endpoints,
 )
+from keras_transformer_edge.runtime.signatures import position  # noqa: E402
 
 SMALL = dict(hidden_dim=32, num_heads=4, intermediate_dim=64, num_key_value_heads=2)
 
@@ -38,7 +39,7 @@ def test_language_model_prefill_and_decode_signatures(rng):
     logits, cache = [out["logits"]], out["cache"]
     step = interpreter.get_signature_runner("decode")
     for index in range(4, 10):
-        out = step(token=ids[:, index : index + 1], cache=cache, index=np.array(index, "int32"))
+        out = step(token=ids[:, index : index + 1], cache=cache, index=position(index))
         logits.append(out["logits"])
         cache = out["cache"]
     np.testing.assert_allclose(np.concatenate(logits, 1), full, atol=1e-4)
@@ -54,7 +55,7 @@ def _seq2seq_logits(flatbuffer, model, source, target):
         out = step(
             token=target[:, index : index + 1],
             cache=cache,
-            index=np.array(index, "int32"),
+            index=position(index),
             cross_attention_cache=encoded["cross_attention_cache"],
             source_mask=encoded["source_mask"],
         )
@@ -105,7 +106,7 @@ def test_beam_signature_advances_every_beam_as_the_single_row_signature_does(rng
     beam = interpreter.get_signature_runner("decode_beam")(
         token=tokens,
         cache=np.zeros(model.init_cache(3).shape, "float32"),
-        index=np.array(0, "int32"),
+        index=position(0),
         cross_attention_cache=np.repeat(encoded["cross_attention_cache"], 3, axis=0),
         source_mask=np.repeat(encoded["source_mask"], 3, axis=0),
     )
@@ -114,7 +115,7 @@ def test_beam_signature_advances_every_beam_as_the_single_row_signature_does(rng
         out = single(
             token=tokens[row : row + 1],
             cache=np.zeros(model.init_cache(1).shape, "float32"),
-            index=np.array(0, "int32"),
+            index=position(0),
             **encoded,
         )
         np.testing.assert_allclose(beam["logits"][row], out["logits"][0], atol=1e-5)

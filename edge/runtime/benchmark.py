@@ -10,6 +10,7 @@ caller's imports included) and the model's size.
 
 from __future__ import annotations
 
+import platform
 import resource
 import sys
 import time
@@ -141,6 +142,8 @@ def benchmark(
         "kind": bundle.kind,
         "quantization": bundle.manifest["quantization"],
         "backend": {"name": model.backend, "version": backend_version(model.backend)},
+        "machine": platform.machine(),
+        "python": platform.python_version(),
         "num_threads": num_threads,
         "xnnpack": xnnpack,
         "options": {key: value for key, value in options.items() if value is not None},

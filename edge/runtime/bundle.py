@@ -6,42 +6,48 @@ A bundle is a folder::
     sentencepiece.model   the tokenizer (SentencePiece BPE, read by sentencepiece_bpe.py)
     manifest.json         what the two are and how to drive them (schema below)
 
-``manifest.json`` (``format_version`` 1)::
+``manifest.json`` (``format_version`` 2; docs/bundle-format.md is the full specification)::
 
     format            "keras-transformer-edge-bundle"
-    format_version    1
+    format_version    2 (this runtime also reads 1: ``index`` of shape [] instead of [1])
     kind              "seq2seq" | "language_model" | "classifier" | "tagger"
     signatures        {name: {"inputs": {name: {"shape": [..], "dtype": "int32"}},
-                              "outputs": {...}}}
-    special_tokens    {"pad": 0, "start": 1, "end": 2, "unk": 3}
+                              "outputs": {...}}}, as signatures.py fixes them per kind
+    special_tokens    {"pad": 0, "start": 1, "end": 2, "unk": 3}: distinct ids of the vocabulary
     max_lengths       seq2seq {"source", "target"}; language_model {"context", "prefill"};
                       classifier and tagger {"tokens"}
     vocabulary_size   the model's token vocabulary (the tokenizer's size, checked)
     labels            class names (classifier) or tags (tagger), else null
-    decoding          defaults for generation, e.g. {"beam_size": 4, "length_penalty": 0.6}
+    decoding          defaults for generation (DECODING below), e.g. {"beam_size": 4,
+                      "length_penalty": 0.6, "max_length": null}
     quantization      "fp32", "float16", "dynamic_int8", ...
     versions          {"keras_transformer", "tensorflow", "keras", "ai_edge_litert", ...}
     extra             free-form (e.g. a parity report)
     files             {file name: {"sha256": hex, "bytes": size}} for every other file
     checksum          sha256 of this manifest without "checksum" (canonical JSON, see below)
 
-:func:`load_bundle` reads the manifest, checks its schema and checksum, then the size and
-sha256 of every file, then the tokenizer against the manifest; only then may an interpreter be
-made. Each failure is a one-line :class:`BundleError`.
+:func:`load_bundle` reads the manifest, checks its schema and checksum, its values against
+each other and the signatures against :mod:`~keras_transformer_edge.runtime.signatures`, then
+the size and sha256 of every file, then the tokenizer against the manifest; only then may an
+interpreter be made (the task then checks the interpreter's signatures against the
+manifest's). Each failure is a one-line :class:`BundleError`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from keras_transformer_edge.runtime.errors import BundleError
 from keras_transformer_edge.runtime.sentencepiece_bpe import SentencePieceBPE
+from keras_transformer_edge.runtime.signatures import SignatureMismatch, check_signatures
 
-FORMAT_NAME, FORMAT_VERSION = "keras-transformer-edge-bundle", 1
+FORMAT_NAME, FORMAT_VERSION = "keras-transformer-edge-bundle", 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE = "manifest.json", "model.tflite", "sentencepiece.model"
 SPECIAL_TOKENS = ("pad", "start", "end", "unk")
 # The signatures each kind must have, and the max_lengths keys it must give.
@@ -68,6 +74,21 @@ SCHEMA: dict[str, type | tuple[type, ...]] = {
     "files": dict,
     "checksum": str,
 }
+# Decoding defaults a manifest may give, per kind: key -> (type, lowest, highest, may be null).
+DECODING = {
+    "seq2seq": {
+        "beam_size": (int, 1, 64, False),
+        "length_penalty": (float, 0.0, 10.0, False),
+        "max_length": (int, 1, None, True),  # at most max_lengths.target
+    },
+    "language_model": {
+        "sampler": (str, None, None, False),
+        "top_k": (int, 1, None, True),
+    },
+    "classifier": {},
+    "tagger": {},
+}
+SAMPLERS = ("greedy", "top_k")
 _CHUNK = 1 << 20
 
 
@@ -161,10 +182,10 @@ def read_manifest(path: Path) -> dict[str, Any]:
         raise BundleError(f"{where}: not a JSON object")
     if manifest.get("format") != FORMAT_NAME:
         raise BundleError(f"{where}: format is {manifest.get('format')!r}, not {FORMAT_NAME!r}")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_VERSIONS:
         raise BundleError(
             f"{where}: format_version {manifest.get('format_version')!r} is not supported "
-            f"(this runtime reads version {FORMAT_VERSION})"
+            f"(this runtime reads versions {', '.join(map(str, READABLE_VERSIONS))})"
         )
     for key, kinds in SCHEMA.items():
         if key not in manifest:
@@ -188,12 +209,78 @@ def _check_contents(where: Path, manifest: dict[str, Any]) -> None:
     for name in lengths:
         if not isinstance(manifest["max_lengths"].get(name), int):
             raise BundleError(f"{where}: max_lengths.{name} is missing")
-    for name in SPECIAL_TOKENS:
-        if not isinstance(manifest["special_tokens"].get(name), int):
-            raise BundleError(f"{where}: special_tokens.{name} is missing")
     for name in (MODEL_FILE, TOKENIZER_FILE):
         if name not in manifest["files"]:
             raise BundleError(f"{where}: files has no entry for {name}")
+    vocabulary = manifest["vocabulary_size"]
+    if vocabulary < 1:
+        raise BundleError(f"{where}: vocabulary_size {vocabulary} is not positive")
+    for name in lengths:
+        if not _is_int(manifest["max_lengths"][name]) or manifest["max_lengths"][name] < 1:
+            raise BundleError(f"{where}: max_lengths.{name} must be a positive integer")
+    _check_special_tokens(where, manifest["special_tokens"], vocabulary)
+    labels = manifest["labels"]
+    if labels is not None and (
+        not labels or not all(isinstance(label, str) and label for label in labels)
+    ):
+        raise BundleError(f"{where}: labels must be a non-empty list of non-empty strings")
+    if labels is not None and len(set(labels)) != len(labels):
+        raise BundleError(f"{where}: labels are not distinct")
+    if kind in ("seq2seq", "language_model") and labels is not None:
+        raise BundleError(f"{where}: a {kind} bundle has no labels")
+    sizes = dict(manifest["max_lengths"])
+    if kind in ("seq2seq", "language_model"):
+        sizes["vocabulary"] = vocabulary
+    elif labels is not None:
+        sizes["classes"] = len(labels)
+    try:
+        check_signatures(kind, manifest["signatures"], sizes, manifest["format_version"])
+    except SignatureMismatch as error:
+        raise BundleError(f"{where}: {error}") from None
+    _check_decoding(where, kind, manifest["decoding"], manifest["max_lengths"])
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_special_tokens(where: Path, special: dict[str, Any], vocabulary: int) -> None:
+    for name in SPECIAL_TOKENS:
+        value = special.get(name)
+        if not _is_int(value):
+            raise BundleError(f"{where}: special_tokens.{name} is missing or not an integer")
+        if not 0 <= value < vocabulary:
+            raise BundleError(
+                f"{where}: special_tokens.{name} is {value}, outside the vocabulary [0, "
+                f"{vocabulary})"
+            )
+    ids = [special[name] for name in SPECIAL_TOKENS]
+    if len(set(ids)) != len(ids):
+        raise BundleError(f"{where}: special_tokens are not distinct: {special}")
+
+
+def _check_decoding(where: Path, kind: str, decoding: dict[str, Any], lengths: dict) -> None:
+    """Each decoding default known, of its type, finite and in range."""
+    rules = DECODING[kind]
+    for key, value in decoding.items():
+        if key not in rules:
+            raise BundleError(f"{where}: decoding.{key} is not a {kind} decoding option")
+        kind_of, low, high, nullable = rules[key]
+        if value is None and nullable:
+            continue
+        number = kind_of is float and _is_int(value)  # 1 reads as 1.0
+        if not (isinstance(value, kind_of) and not isinstance(value, bool)) and not number:
+            raise BundleError(f"{where}: decoding.{key} is {value!r}, not a {kind_of.__name__}")
+        if kind_of is float and not math.isfinite(value):
+            raise BundleError(f"{where}: decoding.{key} is {value!r}, not a finite number")
+        if key == "max_length":
+            high = lengths["target"]
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise BundleError(
+                f"{where}: decoding.{key} is {value!r}, outside [{low}, {high or 'inf'}]"
+            )
+    if kind == "language_model" and decoding.get("sampler", "greedy") not in SAMPLERS:
+        raise BundleError(f"{where}: decoding.sampler must be one of {', '.join(SAMPLERS)}")
 
 
 def verify_files(path: Path, manifest: dict[str, Any]) -> None:

@@ -11,7 +11,9 @@ Input behaviour:
   token alone (``generate``) or the label of an empty text (``classify``);
 - a line longer than the model takes is cut, with one warning on stderr naming the line;
 - a line that is not valid UTF-8 is an error, unless ``--encoding-errors replace`` is given:
-  then each bad byte reads as U+FFFD.
+  then each bad byte reads as U+FFFD;
+- one output line per input line, always: a line break inside an output (a model can write
+  one) is written as a space.
 
 Errors are one line on stderr, ``error: ...``. Exit codes: 0 done; 1 no usable TFLite
 interpreter; 2 bad input or arguments (the lines before the bad one are already written);
@@ -99,6 +101,11 @@ def _lines(stream: BinaryIO, errors: str) -> Iterator[str]:
             ) from None
 
 
+def _one_line(text: str) -> str:
+    """``text`` with every line boundary ``str.splitlines`` knows turned into a space."""
+    return " ".join(text.splitlines()) if text.splitlines() != [text] else text
+
+
 class _LineWarnings(logging.Handler):
     """Runtime warnings on stderr, each naming the input line it is about."""
 
@@ -172,7 +179,7 @@ def _run_lines(args: argparse.Namespace) -> None:
                 output = function(text)
             except InputError as error:
                 raise InputError(f"line {number}: {error}") from None
-            sys.stdout.write(output + "\n")
+            sys.stdout.write(_one_line(output) + "\n")
             sys.stdout.flush()
     finally:
         logger.removeHandler(warnings)

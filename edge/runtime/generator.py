@@ -17,6 +17,7 @@ from keras_transformer_edge.runtime.bundle import Bundle
 from keras_transformer_edge.runtime.errors import InputError
 from keras_transformer_edge.runtime.generation import continue_tokens, greedy, top_k_sampler
 from keras_transformer_edge.runtime.interpreter import LiteModel
+from keras_transformer_edge.runtime.signatures import position
 from keras_transformer_edge.runtime.task import Task
 
 
@@ -85,28 +86,40 @@ class Generator(Task):
             raise InputError(str(error)) from None
         if prompt.size >= limit:
             return []
-        logits = self._prefill(prompt)
-        return continue_tokens(self._feed, logits, prompt.size, limit, self.end_id, choose)
+        steps = _CachedSteps(self.model, self._cache_shape)
+        logits = steps.prefill(prompt, self.prefill_length)
+        return continue_tokens(steps.feed, logits, prompt.size, limit, self.end_id, choose)
 
-    def _prefill(self, prompt: np.ndarray) -> np.ndarray:
-        """Write the prompt into a new cache; the logits for the position after it."""
-        head = prompt[: self.prefill_length]
-        tokens = np.zeros((1, self.prefill_length), np.int32)
+
+class _CachedSteps:
+    """One generation's cache and its ``feed`` (generation.py's contract), one row.
+
+    A new one per call: the cache is this call's own, so calls from several threads never
+    share it.
+    """
+
+    def __init__(self, model: LiteModel, cache_shape: tuple[int, ...]) -> None:
+        self.model = model
+        self.cache = np.zeros(cache_shape, np.float32)
+        self.position_shape, _ = model.input_spec("decode", "index")  # [1], or [] in format 1
+
+    def prefill(self, prompt: np.ndarray, prefill_length: int) -> np.ndarray:
+        """Write the prompt into the cache; the logits for the position after it."""
+        head = prompt[:prefill_length]
+        tokens = np.zeros((1, prefill_length), np.int32)
         tokens[0, : head.size] = head
-        outputs = self.model.run(
-            "prefill", tokens=tokens, cache=np.zeros(self._cache_shape, np.float32)
-        )
-        self._cache, logits = outputs["cache"], outputs["logits"][0, head.size - 1]
+        outputs = self.model.run("prefill", tokens=tokens, cache=self.cache)
+        self.cache, logits = outputs["cache"], outputs["logits"][0, head.size - 1]
         for index in range(head.size, prompt.size):
-            logits = self._feed(prompt[index : index + 1], index)[0]
+            logits = self.feed(prompt[index : index + 1], index)[0]
         return logits
 
-    def _feed(self, tokens: np.ndarray, index: int) -> np.ndarray:
+    def feed(self, tokens: np.ndarray, index: int) -> np.ndarray:
         outputs = self.model.run(
             "decode",
             token=tokens.reshape(1, 1).astype(np.int32),
-            cache=self._cache,
-            index=np.array(index, np.int32),
+            cache=self.cache,
+            index=position(index, self.position_shape),
         )
-        self._cache = outputs["cache"]
+        self.cache = outputs["cache"]
         return outputs["logits"][:, 0]

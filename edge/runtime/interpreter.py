@@ -3,14 +3,21 @@
 Both packages expose the same ``Interpreter`` and ``OpResolverType``. The op resolver decides
 XNNPACK: ``BUILTIN`` applies the default delegates (XNNPACK on x86-64 and ARM CPUs), and
 ``BUILTIN_WITHOUT_DEFAULT_DELEGATES`` runs the plain builtin kernels, for a model where
-XNNPACK is slower or wrong. Neither package's signature runner checks dtypes, and it resizes
-an input to whatever shape it gets, so :class:`LiteModel` checks every input against the
-signature first and turns a mismatch into a one-line :class:`InputError`.
+XNNPACK is slower or wrong. Neither package checks dtypes, so :class:`LiteModel` checks every
+input against the signature first and turns a mismatch into a one-line :class:`InputError`;
+then it calls the signature without resizing anything (``litert_private.py`` says why).
+
+Threads: an interpreter runs one call at a time, so :class:`LiteModel` keeps a small pool of
+interpreters over the same file. A call takes an idle one, or makes a new one while fewer than
+``max_interpreters`` exist, or waits. One thread never makes more than one; threads that call
+at the same moment run in parallel (each interpreter with its own ``num_threads``).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from keras_transformer_edge.runtime.errors import BackendError, InputError, one_line
+from keras_transformer_edge.runtime.litert_private import SignatureCall
 
 BACKENDS = ("ai_edge_litert", "tflite_runtime")
 
@@ -30,7 +38,8 @@ def interpreter_backend() -> tuple[str, Any]:
         except ImportError:
             continue
     raise BackendError(
-        "no TFLite interpreter: pip install ai-edge-litert (or tflite-runtime on Python <= 3.11)"
+        "no TFLite interpreter: pip install ai-edge-litert (or tflite-runtime where it installs, "
+        "see README)"
     )
 
 
@@ -54,15 +63,55 @@ def _describe(details: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     }
 
 
+def default_max_interpreters() -> int:
+    """Interpreters a model may keep for concurrent calls: the CPU count, at most 4."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class _Instance:
+    """One interpreter and a caller for each of its signatures."""
+
+    def __init__(self, module: Any, model_path: Path, num_threads: int | None, xnnpack: bool):
+        resolver = module.OpResolverType
+        try:
+            interpreter = module.Interpreter(
+                model_path=str(model_path),
+                num_threads=num_threads,
+                experimental_op_resolver_type=(
+                    resolver.BUILTIN if xnnpack else resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+                ),
+            )
+            interpreter.allocate_tensors()
+            self.calls = {
+                name: SignatureCall(interpreter, name) for name in interpreter.get_signature_list()
+            }
+        except (RuntimeError, ValueError) as error:
+            message = f"{model_path}: the interpreter cannot load it: {one_line(error)}"
+            raise BackendError(message) from None
+        except (SystemError, ImportError) as error:  # a wheel built for another numpy
+            cause = one_line(error.__cause__ or error)
+            raise BackendError(
+                f"the {module.__name__.split('.')[0]} interpreter does not start with numpy "
+                f"{np.__version__} ({cause}); tflite-runtime 2.14 needs numpy < 2"
+            ) from None
+        self.interpreter = interpreter
+
+
 class LiteModel:
     """A .tflite model with named signatures, its inputs checked before each call.
 
+    Safe to share between threads: each call runs on an interpreter of its own (see the module
+    docstring); the outputs are new arrays.
+
     Args:
-        model_path: the ``.tflite`` file (memory-mapped by the interpreter).
-        num_threads: CPU threads for the kernels and XNNPACK (``None``: the interpreter's
-            default, one thread).
+        model_path: the ``.tflite`` file (memory-mapped by each interpreter).
+        num_threads: CPU threads of each interpreter's kernels and XNNPACK (``None``: the
+            interpreter's default, one thread).
         xnnpack: apply XNNPACK (the default delegate); ``False`` runs the builtin kernels.
         record_timings: keep the seconds of every call per signature in ``timings``.
+        max_interpreters: most interpreters kept for calls from several threads at once
+            (default: :func:`default_max_interpreters`); each holds its own copy of what
+            XNNPACK packs from the weights. 1 runs concurrent calls one after another.
 
     Example:
     >>> model = LiteModel("bundle/model.tflite", num_threads=2)  # doctest: +SKIP
@@ -77,67 +126,89 @@ class LiteModel:
         num_threads: int | None = None,
         xnnpack: bool = True,
         record_timings: bool = False,
+        max_interpreters: int | None = None,
     ) -> None:
-        if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
-            raise InputError(f"num_threads must be a positive integer, got {num_threads!r}")
-        self.backend, module = interpreter_backend()
-        resolver = module.OpResolverType
-        try:
-            self._interpreter = module.Interpreter(
-                model_path=str(model_path),
-                num_threads=num_threads,
-                experimental_op_resolver_type=(
-                    resolver.BUILTIN if xnnpack else resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-                ),
-            )
-            self._interpreter.allocate_tensors()
-        except (RuntimeError, ValueError) as error:
-            message = f"{model_path}: the interpreter cannot load it: {one_line(error)}"
-            raise BackendError(message) from None
+        _check_count("num_threads", num_threads)
+        _check_count("max_interpreters", max_interpreters)
+        if not isinstance(xnnpack, bool) or not isinstance(record_timings, bool):
+            raise InputError("xnnpack and record_timings must be True or False")
+        self.backend, self._module = interpreter_backend()
+        self.model_path = Path(model_path)
         self.num_threads, self.xnnpack = num_threads, xnnpack
-        self._runners = {
-            name: self._interpreter.get_signature_runner(name)
-            for name in self._interpreter.get_signature_list()
-        }
+        self.max_interpreters = max_interpreters or default_max_interpreters()
+        first = _Instance(self._module, self.model_path, num_threads, xnnpack)
+        self._idle, self._count = [first], 1
+        self._available = threading.Condition()
         self.signatures = {
             name: {
-                "inputs": _describe(runner.get_input_details()),
-                "outputs": _describe(runner.get_output_details()),
+                "inputs": _describe(call.input_details),
+                "outputs": _describe(call.output_details),
             }
-            for name, runner in self._runners.items()
+            for name, call in first.calls.items()
+        }
+        # Checked before every decode step: (shape, dtype) pairs made once.
+        self._specs = {
+            signature: {
+                name: (tuple(spec["shape"]), np.dtype(spec["dtype"]))
+                for name, spec in described["inputs"].items()
+            }
+            for signature, described in self.signatures.items()
         }
         self.timings: dict[str, list[float]] | None = {} if record_timings else None
-        self._specs: dict[str, dict[str, tuple[tuple[int, ...], np.dtype]]] = {}
+
+    @property
+    def interpreters(self) -> int:
+        """How many interpreters this model has made so far."""
+        return self._count
 
     def input_spec(self, signature: str, name: str) -> tuple[tuple[int, ...], np.dtype]:
         """``(shape, dtype)`` of one input of one signature."""
-        spec = self.signatures[signature]["inputs"][name]
-        return tuple(spec["shape"]), np.dtype(spec["dtype"])
+        return self._specs[signature][name]
 
     def output_shape(self, signature: str, name: str) -> tuple[int, ...]:
         return tuple(self.signatures[signature]["outputs"][name]["shape"])
 
     def run(self, signature: str, **inputs: np.ndarray) -> dict[str, np.ndarray]:
         """Run ``signature`` on ``inputs`` (numpy arrays of its exact dtypes and shapes)."""
-        if signature not in self._runners:
+        if signature not in self._specs:
             raise InputError(
-                f"the model has no signature {signature!r}; it has {sorted(self._runners)}"
+                f"the model has no signature {signature!r}; it has {sorted(self._specs)}"
             )
         self._check(signature, inputs)
-        started = time.perf_counter()
-        outputs = self._runners[signature](**inputs)
-        if self.timings is not None:
-            self.timings.setdefault(signature, []).append(time.perf_counter() - started)
+        instance = self._acquire()
+        try:
+            started = time.perf_counter()
+            outputs = instance.calls[signature](inputs)
+            if self.timings is not None:  # atomic under the GIL: no lock needed
+                self.timings.setdefault(signature, []).append(time.perf_counter() - started)
+        finally:
+            self._release(instance)
         return outputs
 
+    def _acquire(self) -> _Instance:
+        with self._available:
+            while not self._idle:
+                if self._count < self.max_interpreters:
+                    self._count += 1
+                    break
+                self._available.wait()
+            else:
+                return self._idle.pop()
+        try:  # made outside the lock: loading takes milliseconds, others may run meanwhile
+            return _Instance(self._module, self.model_path, self.num_threads, self.xnnpack)
+        except BaseException:
+            with self._available:
+                self._count -= 1
+                self._available.notify()
+            raise
+
+    def _release(self, instance: _Instance) -> None:
+        with self._available:
+            self._idle.append(instance)
+            self._available.notify()
+
     def _check(self, signature: str, inputs: dict[str, Any]) -> None:
-        # Runs before every decode step: (shape, dtype) pairs are made once per signature.
-        specs = self._specs.get(signature)
-        if specs is None:
-            specs = self._specs[signature] = {
-                name: (tuple(spec["shape"]), np.dtype(spec["dtype"]))
-                for name, spec in self.signatures[signature]["inputs"].items()
-            }
+        specs = self._specs[signature]
         if inputs.keys() != specs.keys():
             raise InputError(
                 f"{signature}: inputs {sorted(inputs)} do not match the signature's {sorted(specs)}"
@@ -159,3 +230,11 @@ class LiteModel:
                     f"{signature}: input {name!r} has shape {list(value.shape)}, "
                     f"expected {list(shape)}"
                 )
+
+
+def _check_count(name: str, value: object) -> None:
+    """``None`` or a positive int (not a bool); else a one-line ``InputError``."""
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InputError(f"{name} must be a positive integer, got {value!r}")

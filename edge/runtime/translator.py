@@ -18,6 +18,7 @@ from keras_transformer_edge.runtime.bundle import Bundle
 from keras_transformer_edge.runtime.errors import InputError
 from keras_transformer_edge.runtime.generation import beam_search, continue_tokens
 from keras_transformer_edge.runtime.interpreter import LiteModel
+from keras_transformer_edge.runtime.signatures import position
 from keras_transformer_edge.runtime.task import Task
 
 
@@ -38,30 +39,31 @@ class _DecoderSteps:
         self.signature = "decode" if rows == 1 else "decode_beam" if beam_rows == rows else None
         cache_shape, _ = model.input_spec("decode", "cache")
         self.cache = np.zeros((rows, *cache_shape[1:]), np.float32)
+        self.position_shape, _ = model.input_spec("decode", "index")  # [1], or [] in format 1
         self.encoded = encoded  # one row
         if self.signature == "decode_beam":  # every beam reads the same source
             self.encoded = {name: np.repeat(value, rows, axis=0) for name, value in encoded.items()}
 
     def feed(self, tokens: np.ndarray, index: int) -> np.ndarray:
-        position = np.array(index, np.int32)
+        at = position(index, self.position_shape)
         if self.signature is None:
-            return np.concatenate([self._row(tokens, position, row) for row in range(self.rows)])
+            return np.concatenate([self._row(tokens, at, row) for row in range(self.rows)])
         outputs = self.model.run(
             self.signature,
             token=tokens.reshape(self.rows, 1).astype(np.int32),
             cache=self.cache,
-            index=position,
+            index=at,
             **self.encoded,
         )
         self.cache = outputs["cache"]
         return outputs["logits"][:, 0]
 
-    def _row(self, tokens: np.ndarray, position: np.ndarray, row: int) -> np.ndarray:
+    def _row(self, tokens: np.ndarray, at: np.ndarray, row: int) -> np.ndarray:
         outputs = self.model.run(
             "decode",
             token=tokens[row : row + 1].reshape(1, 1).astype(np.int32),
             cache=self.cache[row : row + 1],
-            index=position,
+            index=at,
             **self.encoded,
         )
         self.cache[row] = outputs["cache"][0]

@@ -1,0 +1,223 @@
+"""The signatures of a bundle's model, per kind: names, inputs, outputs, dtypes and shapes.
+
+This table is the contract between the converter (``edge/convert.py`` exports exactly these),
+the runtime (which checks a bundle against it before anything runs) and an app written against
+``docs/bundle-format.md``. A shape is a list of dimensions; a name stands for a size that must
+be the same wherever it appears in the model (``target`` is also ``max_lengths.target``,
+``vocabulary`` the manifest's ``vocabulary_size``), a number is that size::
+
+    seq2seq          encode       source_ids int32 [1, source]
+                                  -> cross_attention_cache float32 [1, L, 2, H, source, D],
+                                     source_mask bool [1, source]
+                     decode       token int32 [1, 1], cache float32 [1, L, 2, H, target, D],
+                                  index int32 [1], cross_attention_cache, source_mask
+                                  -> logits float32 [1, 1, vocabulary], cache
+                     decode_beam  (optional) decode for ``beam`` rows at once (beam >= 2)
+    language_model   prefill      tokens int32 [1, prefill], cache [1, L, 2, H, context, D]
+                                  -> logits float32 [1, prefill, vocabulary], cache
+                     decode       token int32 [1, 1], cache, index int32 [1] -> logits, cache
+    classifier       classify     token_ids int32 [1, tokens] -> logits float32 [1, classes]
+    tagger           tag          token_ids int32 [1, tokens] -> logits [1, tokens, classes]
+
+``index`` is the cache position a decode step writes, one int32 in a tensor of shape ``[1]``.
+Format version 1 exported it with shape ``[]`` (rank 0): ai-edge-litert's aarch64 build
+(2.1.6 to 2.3.0, at least) crashes when its signature runner resizes a rank-0 input, so version
+2 has no rank-0 input anywhere. The runtime reads both (it never resizes an input).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+Dimension = int | str
+TensorSpec = tuple[str, tuple[Dimension, ...]]  # (dtype, shape)
+
+CACHE = ("rows", "layers", 2, "heads", "{length}", "head_dim")
+CROSS_CACHE = ("rows", "layers", 2, "heads", "source", "head_dim")
+
+
+def _cache(length: str) -> tuple[Dimension, ...]:
+    return tuple(length if dim == "{length}" else dim for dim in CACHE)
+
+
+def _decode(with_source: bool, length: str) -> dict[str, dict[str, TensorSpec]]:
+    inputs: dict[str, TensorSpec] = {
+        "token": ("int32", ("rows", 1)),
+        "cache": ("float32", _cache(length)),
+        "index": ("int32", ("position",)),
+    }
+    if with_source:
+        inputs["cross_attention_cache"] = ("float32", CROSS_CACHE)
+        inputs["source_mask"] = ("bool", ("rows", "source"))
+    outputs = {"logits": ("float32", ("rows", 1, "vocabulary")), "cache": inputs["cache"]}
+    return {"inputs": inputs, "outputs": outputs}
+
+
+# kind -> signature -> {"inputs", "outputs"}; "rows" is 1 except in decode_beam ("beam").
+SIGNATURES: dict[str, dict[str, dict[str, dict[str, TensorSpec]]]] = {
+    "seq2seq": {
+        "encode": {
+            "inputs": {"source_ids": ("int32", ("rows", "source"))},
+            "outputs": {
+                "cross_attention_cache": ("float32", CROSS_CACHE),
+                "source_mask": ("bool", ("rows", "source")),
+            },
+        },
+        "decode": _decode(True, "target"),
+        "decode_beam": _decode(True, "target"),
+    },
+    "language_model": {
+        "prefill": {
+            "inputs": {
+                "tokens": ("int32", ("rows", "prefill")),
+                "cache": ("float32", _cache("context")),
+            },
+            "outputs": {
+                "logits": ("float32", ("rows", "prefill", "vocabulary")),
+                "cache": ("float32", _cache("context")),
+            },
+        },
+        "decode": _decode(False, "context"),
+    },
+    "classifier": {
+        "classify": {
+            "inputs": {"token_ids": ("int32", ("rows", "tokens"))},
+            "outputs": {"logits": ("float32", ("rows", "classes"))},
+        }
+    },
+    "tagger": {
+        "tag": {
+            "inputs": {"token_ids": ("int32", ("rows", "tokens"))},
+            "outputs": {"logits": ("float32", ("rows", "tokens", "classes"))},
+        }
+    },
+}
+OPTIONAL = {"decode_beam"}
+# The shape of ``index`` in each format version the runtime reads.
+POSITION_SHAPES = {1: (), 2: (1,)}
+POSITION_SHAPE = POSITION_SHAPES[2]  # what the converter exports
+
+
+def position(index: int, shape: tuple[int, ...] = POSITION_SHAPE) -> np.ndarray:
+    """The ``index`` input of a decode step: the cache position, int32, in ``shape``."""
+    return np.full(shape, index, np.int32)
+
+
+class SignatureMismatch(ValueError):
+    """A model whose signatures break the contract; one line naming the tensor and the rule."""
+
+
+def check_signatures(
+    kind: str,
+    signatures: Mapping[str, Any],
+    sizes: Mapping[str, int],
+    format_version: int = 2,
+) -> dict[str, int]:
+    """Check ``signatures`` (as ``LiteModel.signatures`` reports them) against the contract.
+
+    Args:
+        kind: the bundle's kind (a key of :data:`SIGNATURES`).
+        signatures: ``{name: {"inputs": {name: {"shape", "dtype"}}, "outputs": {...}}}``.
+        sizes: sizes the manifest fixes (``source``, ``target``, ``vocabulary``, ...).
+        format_version: decides the shape of ``index`` (:data:`POSITION_SHAPES`).
+
+    Returns every named size, as bound. Raises :class:`SignatureMismatch`.
+    """
+    expected = SIGNATURES[kind]
+    missing = sorted(set(expected) - OPTIONAL - set(signatures))
+    if missing:
+        raise SignatureMismatch(f"a {kind} model needs the signatures {missing}")
+    unknown = sorted(set(signatures) - set(expected))
+    if unknown:
+        raise SignatureMismatch(f"signatures {unknown} are not part of a {kind} bundle")
+    bound = {name: int(value) for name, value in sizes.items()}
+    for name in expected:
+        if name in signatures:
+            rows = {"rows": 1} if name != "decode_beam" else {}
+            _check_signature(name, expected[name], signatures[name], bound, rows, format_version)
+    return bound
+
+
+def _check_signature(
+    name: str,
+    expected: dict[str, dict[str, TensorSpec]],
+    found: Mapping[str, Any],
+    bound: dict[str, int],
+    local: dict[str, int],
+    format_version: int,
+) -> None:
+    for side in ("inputs", "outputs"):
+        tensors = found.get(side) if isinstance(found, Mapping) else None
+        if not isinstance(tensors, Mapping) or set(tensors) != set(expected[side]):
+            names = sorted(tensors) if isinstance(tensors, Mapping) else tensors
+            raise SignatureMismatch(
+                f"signature {name!r}: {side} {names}, expected {sorted(expected[side])}"
+            )
+        for tensor, (dtype, dims) in expected[side].items():
+            where = f"signature {name!r} {side[:-1]} {tensor!r}"
+            spec = tensors[tensor]
+            shape = spec.get("shape") if isinstance(spec, Mapping) else None
+            if not isinstance(shape, list) or not all(_is_int(size) for size in shape):
+                raise SignatureMismatch(f"{where}: no valid shape")
+            if spec.get("dtype") != dtype:
+                raise SignatureMismatch(f"{where}: dtype {spec.get('dtype')!r}, expected {dtype}")
+            if dims == ("position",):
+                wanted = list(POSITION_SHAPES[format_version])
+                if shape != wanted:
+                    raise SignatureMismatch(
+                        f"{where}: shape {shape}, expected {wanted} in format version "
+                        f"{format_version}"
+                    )
+                continue
+            _bind_shape(where, dims, shape, bound, local)
+
+
+def _bind_shape(
+    where: str,
+    dims: tuple[Dimension, ...],
+    shape: list[int],
+    bound: dict[str, int],
+    local: dict[str, int],
+) -> None:
+    if len(shape) != len(dims):
+        raise SignatureMismatch(f"{where}: rank {len(shape)} {shape}, expected {list(dims)}")
+    for dim, size in zip(dims, shape, strict=True):
+        if size < 1:
+            raise SignatureMismatch(f"{where}: shape {shape} is not static and positive")
+        if isinstance(dim, int):
+            if size != dim:
+                raise SignatureMismatch(f"{where}: shape {shape}, expected {list(dims)}")
+            continue
+        table = local if dim == "rows" else bound
+        if dim == "rows" and "rows" not in local:
+            if size < 2:  # decode_beam: a beam of one is the decode signature
+                raise SignatureMismatch(f"{where}: {size} rows, a beam signature needs 2 or more")
+        if table.setdefault(dim, size) != size:
+            raise SignatureMismatch(
+                f"{where}: {dim} is {size} here but {table[dim]} elsewhere in the bundle"
+            )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def signature_table() -> str:
+    """:data:`SIGNATURES` as a Markdown table (docs/bundle-format.md holds it verbatim)."""
+    rows = ["| kind | signature | side | tensor | dtype | shape |", "|---|---|---|---|---|---|"]
+    for kind, signatures in SIGNATURES.items():
+        for name, sides in signatures.items():
+            for side, tensors in sides.items():
+                for tensor, (dtype, dims) in tensors.items():
+                    if dims == ("position",):
+                        dims = POSITION_SHAPE
+                    if name == "decode_beam":
+                        dims = tuple("beam" if dim == "rows" else dim for dim in dims)
+                    shape = ", ".join(str(1 if dim == "rows" else dim) for dim in dims)
+                    rows.append(
+                        f"| {kind} | `{name}` | {side[:-1]} | `{tensor}` | {dtype} | [{shape}] |"
+                    )
+    return "\n".join(rows) + "\n"
