@@ -31,6 +31,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from keras_transformer_pipelines import files  # noqa: E402  (the standard library only)
+
 STAGES = ("corpus", "train", "evaluate", "quantize", "device", "report")
 DEFAULT_MODES = "fp32,float16,dynamic_int8,full_int8"
 SHIP_PREFERENCE = ("dynamic_int8", "full_int8", "qat_int8", "float16", "fp32")
@@ -132,7 +134,7 @@ class MainJob:
         if "train" in later:
             for name in ("model.keras", "best.keras", "train_summary.json", "history.csv"):
                 (self.run_dir / name).unlink(missing_ok=True)
-            shutil.rmtree(self.run_dir / "backup", ignore_errors=True)
+            shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
         if "evaluate" in later:
             (self.run_dir / "evaluation.json").unlink(missing_ok=True)
             (self.output / "keras_greedy.json").unlink(missing_ok=True)
@@ -158,14 +160,27 @@ class MainJob:
         }
 
     def train(self) -> dict:
+        """Train, or continue: a run stopped by a smaller budget (or killed) goes on from its
+        newest checkpoint; a run that has its budget or its steps is reused."""
         from keras_transformer_pipelines import translation_recipe
 
         summary_path = self.run_dir / "train_summary.json"
-        if summary_path.is_file() and self.model_path.is_file():
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+        if summary and self.model_path.is_file() and self.trained_enough(summary):
             log(f"  reusing the trained model in {self.run_dir}")
-        else:
-            translation_recipe.train(self.recipe)
-        return json.loads(summary_path.read_text())
+            return summary
+        return translation_recipe.train(self.recipe)
+
+    def trained_enough(self, summary: dict) -> bool:
+        """Whether the run has its steps, its whole time budget, or stopped early."""
+        training = self.recipe.training
+        if summary.get("steps", 0) >= training.train_steps:
+            return True
+        budget = training.time_budget_s
+        spent = summary.get("total_train_seconds", summary.get("train_seconds", 0))
+        if summary.get("stopped_by") == "early_stopping":
+            return True
+        return budget is not None and spent >= budget
 
     def sentences(self) -> tuple[list[str], list[str]]:
         from keras_transformer_pipelines.translation_recipe import read_pairs, split_paths
@@ -198,7 +213,7 @@ class MainJob:
                 "bleu": round(bleu(result.texts, references), 2),
                 "chrf": round(chrf(result.texts, references), 2),
             }
-            greedy_path.write_text(json.dumps(greedy, ensure_ascii=False) + "\n")
+            files.write_json(greedy_path, greedy, indent=None)
         return {"beam": beam, "greedy": {k: v for k, v in greedy.items() if k not in ("ids",)}}
 
     def quantize_and_run(self) -> dict:
@@ -206,6 +221,7 @@ class MainJob:
         from keras_transformer_edge.mode_comparison import GreedyResult, compare_modes
 
         bundles = self.output / "bundles"
+        files.remove_partials(bundles)  # what a killed conversion left
         for mode in self.modes:  # a bundle of an older model is rebuilt
             if (bundles / mode).exists() and not self.current(bundles / mode / "manifest.json"):
                 shutil.rmtree(bundles / mode)
@@ -225,7 +241,7 @@ class MainJob:
             reuse=True,
             log=lambda line: log(f"  {line}"),
         )
-        (self.output / "modes.json").write_text(json.dumps(modes, indent=2) + "\n")
+        files.write_json(self.output / "modes.json", modes)
         return modes
 
     def device(self, modes: dict) -> dict:
@@ -247,9 +263,7 @@ class MainJob:
             "examples": dict(zip(EXAMPLES, translated["stdout"].splitlines(), strict=True)),
             "bench": json.loads(bench["stdout"]),
         }
-        (self.output / "device.json").write_text(
-            json.dumps(result, indent=2, ensure_ascii=False) + "\n"
-        )
+        files.write_json(self.output / "device.json", result)
         return result
 
     def plots(self, modes: dict) -> dict:
@@ -322,8 +336,8 @@ def main_job(args: argparse.Namespace) -> dict:
     figures["plots"] = job.plots(figures["modes"])
     figures["seconds"] = round(time.perf_counter() - began, 1)
     text = format_report(figures)
-    (job.output / "report.md").write_text(text + "\n", encoding="utf-8")
-    (job.output / "report.json").write_text(json.dumps(figures, indent=2, ensure_ascii=False))
+    files.write_json(job.output / "report.json", figures)
+    files.write_text(job.output / "report.md", text + "\n")  # last: the job is complete
     log("")
     log(text)
     return figures

@@ -3,17 +3,16 @@
 The format and its manifest are described in :mod:`keras_transformer_edge.runtime.bundle`,
 which reads them on the device. :func:`write_bundle` builds the bundle in a temporary folder
 next to the destination, reads it back with the runtime's own checks, and only then renames it
-into place, so a bundle folder is never half-written. :func:`bundle_from_run` does the whole
+into place (``keras_transformer_pipelines.files``: fsynced, atomic), so a bundle folder is never
+half-written. :func:`bundle_from_run` does the whole
 road from a training run (``python -m keras_transformer_pipelines train``) to a bundle.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import uuid
 from collections.abc import Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -35,6 +34,7 @@ from keras_transformer_edge.runtime.bundle import (
 )
 from keras_transformer_edge.runtime.interpreter import LiteModel
 from keras_transformer_edge.runtime.sentencepiece_bpe import SentencePieceBPE
+from keras_transformer_pipelines import files
 
 # Distributions whose versions a manifest records, when installed.
 VERSIONED = ("keras-transformer", "tensorflow", "keras", "ai-edge-litert", "numpy")
@@ -142,10 +142,8 @@ def write_bundle(
         raise ValueError(f"unknown bundle kind {kind!r}; known: {', '.join(KINDS)}")
     directory = Path(directory)
     tokenizer_file = sentencepiece_model(tokenizer_directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    scratch = directory.parent / f".{directory.name}.writing-{uuid.uuid4().hex[:8]}"
-    scratch.mkdir()
-    try:
+    # Built beside the destination, checked, then renamed into place as a whole.
+    with files.atomic_directory(directory) as scratch:
         (scratch / MODEL_FILE).write_bytes(flatbuffer)
         shutil.copyfile(tokenizer_file, scratch / TOKENIZER_FILE)
         if signatures is None:  # read without XNNPACK: nothing runs, no need to delegate
@@ -181,10 +179,6 @@ def write_bundle(
         text = _compact_shapes(json.dumps(manifest, indent=2, ensure_ascii=False)) + "\n"
         (scratch / MANIFEST_FILE).write_text(text, encoding="utf-8")
         load_bundle(scratch)  # what the device will check, checked before it is in place
-        _replace(scratch, directory)
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
     return directory
 
 
@@ -199,17 +193,6 @@ def _compact_shapes(text: str) -> str:
 
 def _file_entry(path: Path) -> dict[str, Any]:
     return {"sha256": sha256_of(path), "bytes": path.stat().st_size}
-
-
-def _replace(new: Path, directory: Path) -> None:
-    """Rename ``new`` to ``directory``; an existing one is moved aside first, then deleted."""
-    old = None
-    if directory.exists():
-        old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(directory, old)
-    os.replace(new, directory)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def bundle_from_run(

@@ -86,7 +86,7 @@ class ModelConfig:
 @dataclass
 class TrainingConfig:
     train_steps: int = 6000
-    steps_per_checkpoint: int = 200  # one Keras "epoch": backup, validation, logs
+    steps_per_checkpoint: int = 200  # one Keras "epoch": checkpoint, validation, logs
     schedule: str = "inverse_sqrt"  # or "cosine"
     learning_rate: float = 1e-3  # the peak, reached after warmup_steps
     warmup_steps: int = 800

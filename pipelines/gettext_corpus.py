@@ -23,6 +23,8 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from keras_transformer_pipelines import files
+
 DEFAULT_LOCALE_DIRS = ("/usr/share/locale", "/usr/share/locale-langpack")
 SPLITS = {"train": 0.9, "valid": 0.05, "test": 0.05}
 
@@ -97,10 +99,8 @@ def write_corpus(
 ) -> dict:
     """Write ``<split>.tsv`` files and a ``manifest.json``; returns the manifest."""
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
     for name, pairs in splits.items():
-        with open(output / f"{name}.tsv", "w", encoding="utf-8") as handle:
-            handle.writelines(f"{source}\t{target}\n" for source, target in pairs)
+        files.write_text(output / f"{name}.tsv", "".join(f"{s}\t{t}\n" for s, t in pairs))
     manifest = {
         "source_language": "en",
         "target_language": language,
@@ -108,7 +108,7 @@ def write_corpus(
         "catalogs": [str(path) for path in catalogs],
         "licence": "each pair keeps the licence of the package whose catalog it came from",
     }
-    (output / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    files.write_json(output / "manifest.json", manifest)  # last: the corpus is complete
     return manifest
 
 

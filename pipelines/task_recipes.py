@@ -16,7 +16,6 @@ number; after ``evaluate``, ``evaluation.json`` and ``predictions.txt``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import keras
@@ -24,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_transformer.models import SequenceClassifier, TokenClassifier, TransformerLanguageModel
-from keras_transformer_pipelines import translation_recipe
+from keras_transformer_pipelines import files, translation_recipe
 from keras_transformer_pipelines.config import Recipe
 from keras_transformer_pipelines.decoding import (
     language_model_step,
@@ -93,7 +92,7 @@ def labels_for(recipe: Recipe, train_records: list | None = None) -> list[str]:
         names = sorted({label for _, label in train_records})
     else:
         names = sorted({tag for _, tags in train_records for tag in tags})
-    path.write_text("".join(name + "\n" for name in names), encoding="utf-8")
+    files.write_text(path, "".join(name + "\n" for name in names))
     return names
 
 
@@ -141,7 +140,7 @@ def build_model(recipe: Recipe, vocabulary_size: int, num_labels: int = 0) -> ke
 
 
 def train(recipe: Recipe, callbacks: list[keras.callbacks.Callback] | None = None) -> dict:
-    """Train the recipe's model; resumes from ``output_dir/backup`` after an interruption.
+    """Train the recipe's model; continues from ``output_dir/checkpoints`` if it has any.
 
     Returns the runner's summary plus the vocabulary and label counts and the malformed
     lines skipped in the train and valid files.
@@ -346,6 +345,6 @@ def evaluate(recipe: Recipe, which: str = "best", limit: int | None = None) -> d
     result.update(examples=len(records), skipped_lines=len(report.skipped), model=which)
     output = Path(recipe.output_dir)
     if predictions:
-        (output / "predictions.txt").write_text("".join(p + "\n" for p in predictions), "utf-8")
-    (output / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
+        files.write_text(output / "predictions.txt", "".join(p + "\n" for p in predictions))
+    files.write_json(output / "evaluation.json", result)
     return result

@@ -30,6 +30,8 @@ import keras_nlp
 import sentencepiece
 import tensorflow as tf
 
+from keras_transformer_pipelines import files
+
 PAD_ID, START_ID, END_ID, UNK_ID = 0, 1, 2, 3
 SPECIAL_TOKENS = {"pad": "<pad>", "start": "<s>", "end": "</s>", "unk": "<unk>"}
 WORDPIECE_SPECIAL_TOKENS = {"pad": "[PAD]", "start": "[START]", "end": "[END]", "unk": "[UNK]"}
@@ -134,23 +136,24 @@ def tokenizer_kind(tokenizer) -> str:
 
 
 def save_tokenizer(tokenizer, directory: str | Path) -> Path:
-    """Write the tokenizer's files into ``directory`` (created if needed)."""
+    """Write the tokenizer's files into ``directory``, as a whole (an existing one is
+    replaced only once the new one is complete: ``files.atomic_directory``)."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     kind = tokenizer_kind(tokenizer)
     vocabulary = tokenizer.get_vocabulary()
     config = {"kind": kind, "vocabulary_size": len(vocabulary)}
-    if kind == "sentencepiece":
-        (directory / SENTENCEPIECE_FILE).write_bytes(tokenizer.proto)
-        config["special_tokens"] = SPECIAL_TOKENS
-    else:
-        config["special_tokens"] = WORDPIECE_SPECIAL_TOKENS
-        config["lowercase"] = tokenizer.lowercase
-    config["special_ids"] = {"pad": PAD_ID, "start": START_ID, "end": END_ID, "unk": UNK_ID}
-    (directory / VOCABULARY_FILE).write_text(
-        "".join(piece + "\n" for piece in vocabulary), encoding="utf-8"
-    )
-    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    with files.atomic_directory(directory) as folder:
+        if kind == "sentencepiece":
+            (folder / SENTENCEPIECE_FILE).write_bytes(tokenizer.proto)
+            config["special_tokens"] = SPECIAL_TOKENS
+        else:
+            config["special_tokens"] = WORDPIECE_SPECIAL_TOKENS
+            config["lowercase"] = tokenizer.lowercase
+        config["special_ids"] = {"pad": PAD_ID, "start": START_ID, "end": END_ID, "unk": UNK_ID}
+        (folder / VOCABULARY_FILE).write_text(
+            "".join(piece + "\n" for piece in vocabulary), encoding="utf-8"
+        )
+        (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return directory
 
 

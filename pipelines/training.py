@@ -4,24 +4,35 @@ a kill, the optimizer and its schedule, and the run's files.
 A recipe module (``translation_recipe.py``, ...) supplies the model, its loss and the input
 pipeline; :func:`fit_recipe` does the rest the same way for every task::
 
-    backup/          Keras BackupAndRestore state while training (resume after a kill)
+    checkpoints/     whole-or-absent checkpoints (checkpoints.py): a run killed, stopped by its
+                     time budget or by Ctrl-C continues from the newest when started again
     best.keras       the model with the best validation loss
     model.keras      the final model
     logs/            TensorBoard; history.csv the per-checkpoint metrics
     train_summary.json
+
+Every file here is written atomically (``files.py``).
 """
 
 from __future__ import annotations
 
-import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
+from keras_transformer_pipelines import files
+from keras_transformer_pipelines.checkpoints import (
+    RunCheckpoints,
+    TrainingState,
+    read_rows,
+    restore_latest,
+    truncate_history,
+    warn,
+)
 from keras_transformer_pipelines.config import Recipe
 from keras_transformer_pipelines.distribution import (
     distribute_dataset,
@@ -33,7 +44,8 @@ from keras_transformer_pipelines.objectives import InverseSquareRootSchedule, co
 
 
 class TimeBudget(keras.callbacks.Callback):
-    """Stop ``fit`` after ``seconds`` of training (checked after every step)."""
+    """Stop ``fit`` after ``seconds`` of this ``fit`` (checked after every step), for a plain
+    ``fit`` outside the recipes; a recipe's budget counts all its sessions (RunCheckpoints)."""
 
     def __init__(self, seconds: float):
         super().__init__()
@@ -45,34 +57,6 @@ class TimeBudget(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if time.perf_counter() - self.started > self.seconds:
             self.model.stop_training = True
-
-
-class BackupWithRandomState(keras.callbacks.BackupAndRestore):
-    """Keras's BackupAndRestore, plus the random-number state of dropout.
-
-    ``save_weights`` keeps weights and optimizer state but not the layers' seed generators,
-    so a resumed run would draw other dropout masks than the run it replaces. Saving their
-    states beside the backup at each checkpoint makes the resumed run the same run.
-    """
-
-    def _random_state(self) -> list:
-        return [v for v in self.model.variables if "seed_generator_state" in v.path]
-
-    def _state_path(self) -> Path:
-        return Path(self.backup_dir) / "random_state.npz"
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        if self._state_path().is_file():
-            saved = np.load(self._state_path())
-            for index, variable in enumerate(self._random_state()):
-                variable.assign(saved[str(index)])
-
-    def on_epoch_end(self, epoch, logs=None):
-        super().on_epoch_end(epoch, logs)
-        if self.save_freq == "epoch":
-            states = {str(i): np.asarray(v) for i, v in enumerate(self._random_state())}
-            np.savez(self._state_path(), **states)
 
 
 def start_run(recipe: Recipe) -> tuple[tf.distribute.Strategy, Path]:
@@ -91,7 +75,7 @@ def start_run(recipe: Recipe) -> tuple[tf.distribute.Strategy, Path]:
         keras.mixed_precision.set_global_policy("mixed_float16")
     output = Path(recipe.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    (output / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2) + "\n")
+    files.write_json(output / "recipe.json", recipe.to_dict())
     return strategy, Path(worker_output_dir(str(output), strategy))
 
 
@@ -115,18 +99,6 @@ def build_optimizer(recipe: Recipe) -> keras.optimizers.Optimizer:
     )
 
 
-def _restored_checkpoints(backup_dir: Path) -> int:
-    """How many checkpoint periods a killed run finished (0 for a fresh run).
-
-    BackupAndRestore restores weights, optimizer state and the epoch inside ``fit``; the input
-    pipeline must also resume where it was, so it skips the batches already trained on.
-    """
-    metadata = backup_dir / "training_metadata.json"
-    if not metadata.is_file():
-        return 0
-    return int(json.loads(metadata.read_text())["epoch"])
-
-
 def fit_recipe(
     recipe: Recipe,
     strategy: tf.distribute.Strategy,
@@ -138,22 +110,35 @@ def fit_recipe(
 ) -> dict:
     """``fit`` a compiled model (built under ``strategy.scope()``) the recipe's way.
 
+    Continues from the newest intact checkpoint in ``workdir/checkpoints`` (weights, optimizer
+    state, seed state, step); the input pipeline then skips the batches already trained on, so
+    a resumed run sees the same data as one never interrupted. Training stops at
+    ``training.train_steps`` or when ``training.time_budget_s`` of training in all sessions of
+    the run is spent; Ctrl-C saves a checkpoint first.
+
     Args:
         train_input: ``(input_context=None) -> dataset`` of one epoch of batches, shuffled
             with the recipe's seed; it is repeated, and after a resume it skips the batches
-            the killed run had trained on, so the resumed run sees the same data.
-        callbacks: run after the recipe's own (backup first, so a checkpoint is written
-            before any of them sees the end of a period).
+            the earlier sessions trained on.
+        callbacks: run after the recipe's own (the checkpoint is written before any of them
+            sees the end of a period).
 
-    Returns a summary: steps, seconds, parameters, the last value of each metric.
+    Returns a summary: steps, seconds (this session and in all), parameters, the last value of
+    each metric.
     """
     training = recipe.training
     prepare_for_fit(model)
-    done = _restored_checkpoints(workdir / "backup")
+    files.remove_partials(workdir)  # e.g. a model.keras a kill interrupted
+    saved = getattr(model, "student", model)  # a distiller trains and ships its student
+    with strategy.scope():
+        state = restore_latest(model, workdir / "checkpoints") or TrainingState()
+    if state.step:
+        print(f"resuming from step {state.step} ({state.train_seconds:.0f} s trained)", flush=True)
+    truncate_history(workdir / "history.csv", state.step)
+    done = state.step
 
     def repeated_input(input_context=None):
-        dataset = train_input(input_context)
-        return dataset.repeat().skip(done * training.steps_per_checkpoint)
+        return train_input(input_context).repeat().skip(done)
 
     if training.distribution == "multi_worker":
         train_data = distribute_dataset(strategy, repeated_input)
@@ -165,41 +150,58 @@ def fit_recipe(
         batches = int(valid_data.reduce(0, lambda count, _: count + 1))
         valid_data = valid_data.apply(tf.data.experimental.assert_cardinality(batches))
     monitor = "val_loss" if valid_data is not None else "loss"
-    all_callbacks = [
-        BackupWithRandomState(workdir / "backup", save_freq="epoch"),
-        keras.callbacks.CSVLogger(str(workdir / "history.csv"), append=True),
-        keras.callbacks.TensorBoard(str(workdir / "logs"), update_freq="epoch"),
-        keras.callbacks.ModelCheckpoint(str(workdir / "best.keras"), monitor, save_best_only=True),
-    ]
+    checkpoints = RunCheckpoints(
+        workdir, state, training.train_steps, training.time_budget_s, monitor, saved
+    )
+    all_callbacks = [checkpoints, keras.callbacks.TensorBoard(str(workdir / "logs"))]
     if training.early_stopping_patience:
         all_callbacks.append(
             keras.callbacks.EarlyStopping(monitor, patience=training.early_stopping_patience)
         )
-    if training.time_budget_s:
-        all_callbacks.append(TimeBudget(training.time_budget_s))
     all_callbacks += list(callbacks or [])
 
+    # Periods (Keras epochs) of steps_per_checkpoint steps; the last may be cut at train_steps.
+    period = training.steps_per_checkpoint
+    remaining = max(0, training.train_steps - state.step)
+    budget_left = training.time_budget_s is None or state.train_seconds < training.time_budget_s
     started = time.perf_counter()
-    history = model.fit(
-        train_data,
-        epochs=training.train_steps // training.steps_per_checkpoint,
-        steps_per_epoch=training.steps_per_checkpoint,
-        validation_data=valid_data,
-        callbacks=all_callbacks,
-        shuffle=False,  # the pipeline shuffles
-        verbose=training.verbose,
-    )
+    if remaining and budget_left:
+        try:
+            model.fit(
+                train_data,
+                initial_epoch=state.period,
+                epochs=state.period + math.ceil(remaining / period),
+                steps_per_epoch=period,
+                validation_data=valid_data,
+                callbacks=all_callbacks,
+                shuffle=False,  # the pipeline shuffles
+                verbose=training.verbose,
+            )
+        except KeyboardInterrupt:
+            checkpoints.save(checkpoints.state.period, {})
+            warn(
+                f"interrupted at step {int(model.optimizer.iterations.numpy())}; a checkpoint is "
+                "saved: run the same command again to continue"
+            )
+            raise
     seconds = time.perf_counter() - started
-    # A distilled run keeps its student: the model that is used and shipped.
-    getattr(model, "student", model).save(workdir / "model.keras")
+    with files.atomic_path(workdir / "model.keras") as temporary:
+        saved.save(temporary)
+    stopped_by = checkpoints.stopped_by or (
+        "steps" if not remaining else "time_budget" if not budget_left else "early_stopping"
+    )
     summary = {
         "steps": int(model.optimizer.iterations.numpy()),
-        "train_seconds": round(seconds, 1),
-        "parameters": getattr(model, "student", model).count_params(),
+        "train_seconds": round(seconds, 1),  # this session
+        "total_train_seconds": round(checkpoints.state.train_seconds, 1),  # every session
+        "stopped_by": stopped_by,
+        "parameters": saved.count_params(),
     }
-    for key, values in history.history.items():
-        summary[f"final_{key}"] = round(float(values[-1]), 4)
-    (workdir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    rows = read_rows(workdir / "history.csv")  # all sessions: the last period's metrics
+    for key, value in (rows[-1] if rows else {}).items():
+        if key not in ("epoch", "step") and value:
+            summary[f"final_{key}"] = round(float(value), 4)
+    files.write_json(workdir / "train_summary.json", summary)
     return summary
 
 

@@ -1,4 +1,4 @@
-"""Plot a run's training curve from the ``history.csv`` its ``CSVLogger`` writes.
+"""Plot a run's training curve from its ``history.csv`` (``checkpoints.RunCheckpoints``).
 
 One PNG, two panels: loss and masked accuracy per checkpoint period, training and validation.
 Drawn on matplotlib's Agg canvas (no pyplot global state, no display needed), like
@@ -10,12 +10,14 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from keras_transformer_pipelines import files
+
 
 def read_history(path: str | Path) -> dict[str, list[float]]:
     """The columns of a ``history.csv``: ``{"epoch": [...], "loss": [...], ...}``.
 
-    A resumed run appends to the file, so an interrupted period can appear twice: the last
-    row of each epoch wins.
+    Files from before the ``step`` column was written can hold an interrupted period twice: the
+    last row of each epoch wins.
     """
     path = Path(path)
     if not path.is_file():
@@ -40,7 +42,11 @@ def plot_training_curve(
 
     history = read_history(history_csv)
     periods = [epoch + 1 for epoch in history["epoch"]]
-    x = [period * steps_per_epoch for period in periods] if steps_per_epoch else periods
+    if "step" in history:  # exact even where a resumed run's periods are not aligned
+        x = history["step"]
+        steps_per_epoch = steps_per_epoch or 1
+    else:
+        x = [period * steps_per_epoch for period in periods] if steps_per_epoch else periods
     figure = Figure(figsize=(9, 3.4), dpi=110, layout="constrained")
     FigureCanvasAgg(figure)
     panels = [("loss", "loss (label-smoothed cross-entropy)")]
@@ -56,6 +62,6 @@ def plot_training_curve(
         axes.grid(alpha=0.3)
         axes.legend()
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output)
+    with files.atomic_path(output) as temporary:
+        figure.savefig(temporary)
     return output

@@ -12,7 +12,6 @@ What a run leaves in ``output_dir``, besides the runner's files (``training.py``
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_transformer.models import Seq2SeqTransformer
-from keras_transformer_pipelines import gettext_corpus
+from keras_transformer_pipelines import files, gettext_corpus
 from keras_transformer_pipelines.config import Recipe
 from keras_transformer_pipelines.decoding import translate_ids
 from keras_transformer_pipelines.distillation import Distiller
@@ -112,7 +111,7 @@ def compile_model(model: keras.Model, recipe: Recipe, ignored_id: int = PAD_ID) 
 
 
 def train(recipe: Recipe, callbacks: list[keras.callbacks.Callback] | None = None) -> dict:
-    """Train the recipe's model; resumes from ``output_dir/backup`` after an interruption.
+    """Train the recipe's model; continues from ``output_dir/checkpoints`` if it has any.
 
     ``callbacks`` are added to the runner's (see :func:`training.fit_recipe`). Returns a
     summary: steps, seconds, the last value of each metric.
@@ -272,8 +271,8 @@ def evaluate(recipe: Recipe, which: str = "best", limit: int | None = None) -> d
         "beam_size": recipe.decoding.beam_size,
         "model": which,
     }
-    (output / "hypotheses.txt").write_text("".join(h + "\n" for h in hypotheses), "utf-8")
-    (output / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
+    files.write_text(output / "hypotheses.txt", "".join(h + "\n" for h in hypotheses))
+    files.write_json(output / "evaluation.json", result)
     return result
 
 

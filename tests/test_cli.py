@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -102,7 +107,32 @@ def _toy_recipe(directory: Path) -> Path:
     return path
 
 
-def test_main_job_runs_end_to_end_then_reuses_what_it_built(tmp_path, capsys):
+def _kill_during(arguments: list[str], stage: str, delay: float, after: Path | None = None) -> str:
+    """Run the job in a process of its own; SIGKILL it ``delay`` s into ``stage``, or as
+    soon as ``after`` exists."""
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "keras_transformer_cli", *arguments],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=environment,
+    )
+    printed = []
+    for line in process.stdout:
+        printed.append(line)
+        if f"] {stage}:" in line:
+            deadline = time.monotonic() + (120 if after else delay)
+            while time.monotonic() < deadline and not (after and after.exists()):
+                time.sleep(0.05)
+            process.kill()
+            break
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "".join(printed)
+    return "".join(printed)
+
+
+def test_main_job_killed_in_any_stage_finishes_then_reuses_what_it_built(tmp_path, capsys):
     output = tmp_path / "job"
     arguments = [
         "run",
@@ -117,6 +147,13 @@ def test_main_job_runs_end_to_end_then_reuses_what_it_built(tmp_path, capsys):
         "--parity-examples",
         "32",
     ]
+    # Killed while training (after its first checkpoint), converting, and on the device.
+    first_checkpoint = output / "run" / "checkpoints" / "step-00000080"
+    _kill_during(arguments, "train", 0, after=first_checkpoint)
+    assert not (output / "run" / "model.keras").exists()
+    _kill_during(arguments, "quantize", 6.0)
+    _kill_during(arguments, "device", 1.0)
+    assert not (output / "report.md").exists()
     assert cli.run(arguments) == 0
     printed = capsys.readouterr().out
     for number, stage in enumerate(STAGES, 1):
