@@ -33,6 +33,7 @@ from keras_transformer_edge.runtime.bundle import (
     sha256_of,
 )
 from keras_transformer_edge.runtime.interpreter import LiteModel
+from keras_transformer_edge.runtime.model_metadata import with_facts
 from keras_transformer_edge.runtime.sentencepiece_bpe import SentencePieceBPE
 from keras_transformer_pipelines import files
 
@@ -160,16 +161,30 @@ def write_bundle(
         }
         if min(special.values()) < 0:
             raise ValueError(f"{tokenizer_file}: special tokens missing: {special}")
+        # What the manifest says of the model, recorded inside the model file too: a
+        # re-sealed manifest cannot change it or pair the model with another tokenizer.
+        facts = {
+            "format_version": FORMAT_VERSION,
+            "kind": kind,
+            "vocabulary_size": _check_sizes(kind, signatures, tokenizer, vocabulary_size, labels),
+            "special_tokens": special,
+            "max_lengths": max_lengths or _default_max_lengths(kind, signatures),
+            "labels": list(labels) if labels is not None else None,
+            "decoding": decoding or {},
+            "quantization": quantization,
+            "tokenizer_sha256": tokenizer.fingerprint(),
+        }
+        (scratch / MODEL_FILE).write_bytes(with_facts(flatbuffer, facts))
         manifest: dict[str, Any] = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
             "kind": kind,
             "signatures": signatures,
             "special_tokens": special,
-            "max_lengths": max_lengths or _default_max_lengths(kind, signatures),
-            "vocabulary_size": _check_sizes(kind, signatures, tokenizer, vocabulary_size, labels),
-            "labels": list(labels) if labels is not None else None,
-            "decoding": decoding or {},
+            "max_lengths": facts["max_lengths"],
+            "vocabulary_size": facts["vocabulary_size"],
+            "labels": facts["labels"],
+            "decoding": facts["decoding"],
             "quantization": quantization,
             "versions": versions(),
             "extra": extra or {},

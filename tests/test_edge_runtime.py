@@ -9,6 +9,7 @@ import logging
 import subprocess
 import sys
 import types
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import keras
@@ -44,6 +45,7 @@ from keras_transformer_edge.runtime.errors import (  # noqa: E402
 )
 from keras_transformer_edge.runtime.generator import Generator  # noqa: E402
 from keras_transformer_edge.runtime.interpreter import LiteModel  # noqa: E402
+from keras_transformer_edge.runtime.model_metadata import bundle_facts  # noqa: E402
 from keras_transformer_edge.runtime.signatures import (  # noqa: E402
     SIGNATURES,
     check_signatures,
@@ -210,6 +212,11 @@ def test_damaged_bundles_are_one_line_errors_before_anything_runs(
     (missing / MANIFEST_FILE).unlink()
     assert "manifest.json: missing" in _bundle_error(missing)
 
+    # The same damage under a manifest re-sealed to match it: the model file's own record.
+    resealed = _copy(flipped, tmp_path / "flipped_resealed")
+    _rewrite_manifest(resealed, lambda manifest: None)
+    assert "model.tflite" in _bundle_error(resealed)
+
     altered = _copy(seq2seq_bundle, tmp_path / "altered")
     text = (altered / MANIFEST_FILE).read_text().replace('"fp32"', '"float16"')
     (altered / MANIFEST_FILE).write_text(text)
@@ -243,6 +250,15 @@ def test_a_vocabulary_that_does_not_match_is_refused(seq2seq_bundle, tmp_path):
     message = _bundle_error(resealed)
     assert f"{VOCABULARY - 20} pieces, the model's vocabulary has {VOCABULARY}" in message
 
+    # Another tokenizer of exactly the model's size, the manifest re-sealed: the fingerprint
+    # recorded inside model.tflite still tells.
+    same_size = tmp_path / "same_size_tokenizer"
+    save_tokenizer(train_tokenizer(texts, VOCABULARY), same_size)
+    impostor = _copy(seq2seq_bundle, tmp_path / "impostor")
+    (impostor / TOKENIZER_FILE).write_bytes((same_size / TOKENIZER_FILE).read_bytes())
+    _rewrite_manifest(impostor, lambda manifest: None)
+    assert "not the tokenizer this model was made with" in _bundle_error(impostor)
+
     # The writer refuses the same mismatch, and WordPiece tokenizers (the runtime has none).
     flatbuffer = (seq2seq_bundle / MODEL_FILE).read_bytes()
     options = dict(kind="seq2seq", tokenizer_directory=other, quantization="fp32")
@@ -265,7 +281,8 @@ def test_a_bundle_of_another_kind_or_with_other_signatures_is_refused(
     mixed = _copy(seq2seq_bundle, tmp_path / "mixed")
     (mixed / MODEL_FILE).write_bytes((classifier_bundle / MODEL_FILE).read_bytes())
     _rewrite_manifest(mixed, lambda manifest: None)
-    assert "signatures ['classify'], the manifest says" in _bundle_error(mixed)
+    # Caught before an interpreter is made: the model file records what it was made as.
+    assert 'made with kind "classifier", the manifest says "seq2seq"' in _bundle_error(mixed)
 
 
 # --- Translation: the Keras model's ids and text ----------------------------------------------
@@ -308,8 +325,8 @@ def test_text_translations_equal_the_keras_translators(translator, keras_model, 
         long = [text for text in TEXTS if len(translator.tokenizer.encode(text)) > LENGTH]
         assert 3 <= len(long) == len(caplog.records) < len(TEXTS)
         assert (
-            f"text 'moon moon moon moon moon moon moon moon…' has 20 source tokens, truncated to "
-            f"the model's {LENGTH}"
+            f"text 'moon moon moon moon moon moon moon moon…' has more than the model's {LENGTH} "
+            "source tokens; cut"
         ) in [record.getMessage() for record in caplog.records]
 
 
@@ -324,9 +341,9 @@ def test_empty_text_and_bad_input(translator):
         translator.translate_ids([5, 400])
     with pytest.raises(InputError, match="13 token ids, the model takes at most 12"):
         translator.translate_ids([5] * 13)
-    with pytest.raises(InputError, match="beam_size must be >= 1"):
+    with pytest.raises(InputError, match=r"beam_size must be an integer in \[1, 64\], got 0"):
         translator.translate("red", beam_size=0)
-    with pytest.raises(InputError, match=r"max_length must be in \[1, 12\]"):
+    with pytest.raises(InputError, match=r"max_length must be an integer in \[1, 12\], got 13"):
         translator.translate("red", max_length=13)
     model = translator.model
     good = np.zeros((1, LENGTH), np.int32)
@@ -341,7 +358,7 @@ def test_empty_text_and_bad_input(translator):
         model.run("encode", source_ids=good, extra=good)
     with pytest.raises(InputError, match="no signature 'prefill'"):
         model.run("prefill", tokens=good)
-    with pytest.raises(InputError, match="num_threads must be a positive integer"):
+    with pytest.raises(InputError, match=r"num_threads must be an integer in \[1, 256\], got 0"):
         LiteModel(translator.bundle.model_path, num_threads=0)
 
 
@@ -389,7 +406,7 @@ def test_language_model_greedy_generation_equals_keras(single_sequence, caplog):
         found = [generator.generate(line) for line in LINES]
     assert found == expected
     assert all(found[:3]) and found[3] == ""  # a full context leaves no room
-    assert len(caplog.records) == 1 and "truncated to the model's 15" in caplog.text
+    assert len(caplog.records) == 1 and "more than the model's 15 prompt tokens" in caplog.text
     ids = generator.generate_ids(generator.prompt_ids(LINES[0]), max_new_tokens=3)
     assert len(ids) == 3
     # Top-k: reproducible with a seed, and drawn from the k best.
@@ -397,7 +414,7 @@ def test_language_model_greedy_generation_equals_keras(single_sequence, caplog):
     assert generator.generate(LINES[0], top_k=5, seed=3) == first
     one = generator.generate_ids(generator.prompt_ids(LINES[0]), top_k=1, seed=0)
     assert one == generator.generate_ids(generator.prompt_ids(LINES[0]))
-    with pytest.raises(InputError, match="top-k needs k >= 1"):
+    with pytest.raises(InputError, match=r"top_k must be an integer in \[1, 400\], got 0"):
         generator.generate("red", top_k=0)
 
 
@@ -467,7 +484,9 @@ def test_write_bundle_checks_labels_and_replaces_a_bundle_atomically(single_sequ
     write_bundle(tmp_path / "b", second, vocabulary_size=400, extra={"parity": 1.0}, **options)
     replaced = load_bundle(tmp_path / "b")
     assert replaced.manifest["extra"] == {"parity": 1.0}
-    assert replaced.manifest["files"][MODEL_FILE]["bytes"] == len(second) < len(flatbuffer)
+    written = replaced.manifest["files"][MODEL_FILE]["bytes"]
+    assert len(second) < written < len(second) + 1024 < len(flatbuffer)  # + the model's facts
+    assert bundle_facts(replaced.model_path)["tokenizer_sha256"] == replaced.tokenizer.fingerprint()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
 
@@ -560,10 +579,11 @@ def test_cli_errors_are_one_line_with_exit_codes(seq2seq_bundle, single_sequence
     code, _, err = _cli(
         capsys, "translate", str(seq2seq_bundle), "--input", str(bad), "--beam", "0"
     )
-    assert code == 2 and err == ["error: line 1: beam_size must be >= 1, got 0"]
-    with pytest.raises(SystemExit) as exit_code:
-        cli.run(["translate"])
-    assert exit_code.value.code == 2
+    # Checked before the first line is read.
+    assert code == 2 and err == ["error: beam_size must be an integer in [1, 64], got 0"]
+    code, _, err = _cli(capsys, "translate")  # argparse's complaint, on one line
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ")
+    assert "the following arguments are required: bundle" in err[0]
 
 
 def test_cli_reads_stdin_and_imports_no_tensorflow_or_keras(seq2seq_bundle, translator):
@@ -734,5 +754,41 @@ def test_a_manifest_that_contradicts_its_model_or_itself_is_refused(seq2seq_bund
     version1 = tmp_path / "version1"
     _copy(seq2seq_bundle, version1)
     _rewrite_manifest(version1, set_in(*index, value=[]))
+    _rewrite_manifest(version1, set_in("signatures", "decode_beam", *index[2:], value=[]))
     _rewrite_manifest(version1, set_in("format_version", value=1))
     assert load_bundle(version1).manifest["format_version"] == 1
+
+
+# --- Threads ----------------------------------------------------------------------------------
+
+
+def test_one_task_shared_by_threads_gives_the_single_threaded_outputs(
+    run_dir, workdir, single_sequence
+):
+    int8 = bundle_from_run(run_dir, workdir / "seq2seq-int8", "dynamic_int8")
+    texts = [source for source, _ in word_translation_pairs(200, max_words=6, seed=21)]
+    jobs = [(text, 1 if index % 2 else 3) for index, text in enumerate(texts)]
+    for bundle in (int8, workdir / "seq2seq"):
+        for max_interpreters in (1, 4):  # a lock around one interpreter, and a pool of four
+            translator = Translator.from_bundle(bundle, max_interpreters=max_interpreters)
+            expected = [translator.translate(text, beam_size=beam) for text, beam in jobs]
+            with ThreadPoolExecutor(6) as pool:
+                found = list(
+                    pool.map(lambda job, t=translator: t.translate(job[0], beam_size=job[1]), jobs)
+                )
+            assert found == expected, f"{bundle.name}, {max_interpreters} interpreters"
+            assert translator.model.interpreters <= max_interpreters
+    generator = Generator.from_bundle(single_sequence["language_model"][2])
+    prompts = [(text, seed) for seed, text in enumerate(texts[:40])]
+    expected = [generator.generate(text, top_k=5, seed=seed) for text, seed in prompts]
+    with ThreadPoolExecutor(4) as pool:
+        found = list(
+            pool.map(lambda job: generator.generate(job[0], top_k=5, seed=job[1]), prompts)
+        )
+    assert found == expected
+    for task, name in ((Classifier, "classification"), (Tagger, "tagging")):
+        model = task.from_bundle(single_sequence[name][2])
+        run = model.classify if task is Classifier else model.tag
+        expected = [run(text) for text in texts]
+        with ThreadPoolExecutor(4) as pool:
+            assert list(pool.map(run, texts)) == expected, name

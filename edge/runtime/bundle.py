@@ -43,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from keras_transformer_edge.runtime.errors import BundleError
+from keras_transformer_edge.runtime.model_metadata import NAME as METADATA_NAME
+from keras_transformer_edge.runtime.model_metadata import bundle_facts
 from keras_transformer_edge.runtime.sentencepiece_bpe import SentencePieceBPE
 from keras_transformer_edge.runtime.signatures import SignatureMismatch, check_signatures
 
@@ -89,6 +91,16 @@ DECODING = {
     "tagger": {},
 }
 SAMPLERS = ("greedy", "top_k")
+# Manifest keys the model file records too (model_metadata.py); they must agree.
+RECORDED_IN_MODEL = (
+    "kind",
+    "vocabulary_size",
+    "special_tokens",
+    "max_lengths",
+    "labels",
+    "decoding",
+    "quantization",
+)
 _CHUNK = 1 << 20
 
 
@@ -157,6 +169,14 @@ class Bundle:
 def load_bundle(path: str | Path, expected_kind: str | None = None) -> Bundle:
     """Read and verify the bundle in ``path``; raises :class:`BundleError` (one line)."""
     path = Path(path)
+    try:
+        return _load_bundle(path, expected_kind)
+    except OSError as error:  # unreadable, a name too long, a folder where a file should be
+        where = error.filename or path
+        raise BundleError(f"{where}: cannot read it ({error.strerror or error})") from None
+
+
+def _load_bundle(path: Path, expected_kind: str | None) -> Bundle:
     if not path.is_dir():
         raise BundleError(f"{path}: no such bundle folder")
     manifest = read_manifest(path)
@@ -166,6 +186,7 @@ def load_bundle(path: str | Path, expected_kind: str | None = None) -> Bundle:
         )
     verify_files(path, manifest)
     tokenizer = _tokenizer(path, manifest)
+    _check_model_facts(path, manifest, tokenizer)
     return Bundle(path, manifest, tokenizer)
 
 
@@ -300,6 +321,35 @@ def verify_files(path: Path, manifest: dict[str, Any]) -> None:
             )
         if sha256_of(file) != entry["sha256"]:
             raise BundleError(f"{file}: sha256 mismatch (the file is corrupted or was replaced)")
+
+
+def _check_model_facts(path: Path, manifest: dict[str, Any], tokenizer: SentencePieceBPE) -> None:
+    """What the model file itself records (format 2) agrees with the manifest and tokenizer."""
+    model = path / MODEL_FILE
+    try:
+        facts = bundle_facts(model)
+    except ValueError as error:
+        raise BundleError(str(error)) from None
+    if facts is None:
+        if manifest["format_version"] >= 2:
+            raise BundleError(f"{model}: no {METADATA_NAME!r} metadata (not made as a bundle)")
+        return
+    for key in RECORDED_IN_MODEL:
+        if facts.get(key) != manifest[key]:
+            raise BundleError(
+                f"{model}: made with {key} {_short(facts.get(key))}, the manifest says "
+                f"{_short(manifest[key])}"
+            )
+    if facts.get("tokenizer_sha256") != tokenizer.fingerprint():
+        raise BundleError(
+            f"{path / TOKENIZER_FILE}: not the tokenizer this model was made with (its "
+            "fingerprint differs from the one recorded in model.tflite)"
+        )
+
+
+def _short(value: object) -> str:
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:59] + "…"
 
 
 def _tokenizer(path: Path, manifest: dict[str, Any]) -> SentencePieceBPE:

@@ -101,7 +101,7 @@ class Tagger(_Labelled):
         ids: list[int] = []
         firsts: list[int] = []
         for word in words:
-            pieces = self.tokenizer.encode(word) or [self.unk_id]
+            pieces = self.tokenizer.encode_head(word, self.sequence_length) or [self.unk_id]
             if len(ids) >= self.sequence_length:
                 break
             firsts.append(len(ids))

@@ -15,31 +15,48 @@ Input behaviour:
 - one output line per input line, always: a line break inside an output (a model can write
   one) is written as a space.
 
-Errors are one line on stderr, ``error: ...``. Exit codes: 0 done; 1 no usable TFLite
-interpreter; 2 bad input or arguments (the lines before the bad one are already written);
-3 a bundle that fails its checks.
+Output is UTF-8 whatever the locale (the input is read as UTF-8 too). Errors are one line on
+stderr, ``error: ...``, and warnings ``warning: ...``; never a traceback. Exit codes: 0 done;
+1 no usable TFLite interpreter, or the system failed (disk full, an unwritable output);
+2 bad input or arguments (the lines before the bad one are already written); 3 a bundle, or its
+model, that fails its checks; 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
-from keras_transformer_edge.runtime.errors import BackendError, BundleError, InputError
+from keras_transformer_edge.runtime import options
+from keras_transformer_edge.runtime.errors import BackendError, BundleError, InputError, one_line
 
 COMMANDS = ("translate", "generate", "classify", "tag")
+EXIT_INTERRUPTED = 130
+
+
+class _UsageError(Exception):
+    """argparse's complaint, to be printed as one ``error:`` line (exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: no usage block, no SystemExit from inside."""
+
+    def error(self, message: str):
+        raise _UsageError(f"{self.prog}: {message}")
 
 
 def _parser(prog: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=prog or "python -m keras_transformer_edge.runtime",
         description="Run a keras-transformer bundle with a TFLite interpreter (no TensorFlow).",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help)
@@ -121,23 +138,24 @@ def _task_function(args: argparse.Namespace, task) -> Callable[[str], str]:
     """The function from one input line to its output line."""
     if args.command in ("translate", "generate"):
         if args.command == "translate":
-            options = {
+            settings = {
                 "beam_size": args.beam,
                 "length_penalty": args.length_penalty,
                 "max_length": args.max_length,
             }
             ids_of, generate = task.source_ids, task.translate_ids
         else:
-            options = {
+            settings = {
                 "max_new_tokens": args.max_new_tokens,
                 "top_k": args.top_k,
                 "seed": args.seed,
                 "temperature": args.temperature,
             }
             ids_of, generate = task.prompt_ids, task.generate_ids
+        task.check_options(**settings)  # before the first line is read
         if args.ids:
-            return lambda text: " ".join(map(str, generate(ids_of(text), **options)))
-        return lambda text: task.decode(generate(ids_of(text), **options))
+            return lambda text: " ".join(map(str, generate(ids_of(text), **settings)))
+        return lambda text: task.decode(generate(ids_of(text), **settings))
     if args.command == "classify":
         if args.probabilities:
             return lambda text: json.dumps(
@@ -179,8 +197,7 @@ def _run_lines(args: argparse.Namespace) -> None:
                 output = function(text)
             except InputError as error:
                 raise InputError(f"line {number}: {error}") from None
-            sys.stdout.write(_one_line(output) + "\n")
-            sys.stdout.flush()
+            _write(_one_line(output) + "\n")
     finally:
         logger.removeHandler(warnings)
         logger.propagate = True
@@ -188,38 +205,71 @@ def _run_lines(args: argparse.Namespace) -> None:
             stream.close()
 
 
+def _write(text: str) -> None:
+    """``text`` to stdout as UTF-8 bytes (no locale can make it fail to encode), flushed."""
+    sys.stdout.flush()
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:  # a text-only stream someone put in place of stdout
+        sys.stdout.write(text)
+    else:
+        buffer.write(text.encode("utf-8"))
+        buffer.flush()
+
+
 def run(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the command line; returns the exit code. ``prog``: the name usage lines show."""
-    args = _parser(prog).parse_args(argv)
     try:
-        if args.command == "info":
-            from keras_transformer_edge.runtime.bundle import load_bundle
-
-            print(json.dumps(load_bundle(args.bundle).manifest, indent=2, ensure_ascii=False))
-        elif args.command == "bench":
-            from keras_transformer_edge.runtime.benchmark import DEFAULT_TEXT, benchmark
-
-            if args.runs < 1 or args.warmup < 0:
-                raise InputError("--runs must be >= 1 and --warmup >= 0")
-            result = benchmark(
-                args.bundle,
-                DEFAULT_TEXT if args.text is None else args.text,
-                args.runs,
-                args.warmup,
-                args.threads,
-                not args.no_xnnpack,
-                beam_size=args.beam,
-                max_new_tokens=args.max_new_tokens,
-            )
-            print(json.dumps(result, indent=2))
-        else:
-            _run_lines(args)
+        args = _parser(prog).parse_args(argv)
+        _command(args)
+    except _UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return InputError.exit_code
     except (BundleError, InputError, BackendError) as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
     except BrokenPipeError:  # the reader left (e.g. `| head`): not an error of ours
+        _silence_stdout()
         return 0
+    except OSError as error:  # the system's: disk full, a name too long, ...
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}{error.strerror or one_line(error)}", file=sys.stderr)
+        return BackendError.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe, stdout is gone: point it at /dev/null so the exit flush is quiet."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _command(args: argparse.Namespace) -> None:
+    if args.command == "info":
+        from keras_transformer_edge.runtime.bundle import load_bundle
+
+        manifest = load_bundle(args.bundle).manifest
+        _write(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    elif args.command == "bench":
+        from keras_transformer_edge.runtime.benchmark import DEFAULT_TEXT, benchmark
+
+        runs = options.integer("--runs", args.runs, 1, 1_000_000)
+        warmup = options.integer("--warmup", args.warmup, 0, 1_000_000)
+        result = benchmark(
+            args.bundle,
+            DEFAULT_TEXT if args.text is None else args.text,
+            runs,
+            warmup,
+            args.threads,
+            not args.no_xnnpack,
+            beam_size=args.beam,
+            max_new_tokens=args.max_new_tokens,
+        )
+        _write(json.dumps(result, indent=2) + "\n")
+    else:
+        _run_lines(args)
 
 
 def main() -> None:

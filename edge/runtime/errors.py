@@ -10,6 +10,10 @@ class BundleError(ValueError):
     exit_code = 3
 
 
+class ModelError(BundleError):
+    """A model file the interpreter refuses to load or to run (exit code 3, as a bundle's)."""
+
+
 class InputError(ValueError):
     """Input the model cannot take: wrong dtype or shape, ids out of range, bad text (exit 2)."""
 
@@ -17,7 +21,7 @@ class InputError(ValueError):
 
 
 class BackendError(RuntimeError):
-    """No TFLite interpreter is installed, or it cannot run the model (exit code 1)."""
+    """No usable TFLite interpreter here, or the system failed us (exit code 1)."""
 
     exit_code = 1
 

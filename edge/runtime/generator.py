@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from keras_transformer_edge.runtime import options
 from keras_transformer_edge.runtime.bundle import Bundle
 from keras_transformer_edge.runtime.errors import InputError
 from keras_transformer_edge.runtime.generation import continue_tokens, greedy, top_k_sampler
@@ -41,7 +42,7 @@ class Generator(Task):
         super().__init__(bundle, model)
         self.context_length: int = bundle.max_lengths["context"]
         self.prefill_length: int = bundle.max_lengths["prefill"]
-        self.max_new_tokens = max_new_tokens
+        self.max_new_tokens = options.integer("max_new_tokens", max_new_tokens, 0, None, True)
         self._cache_shape, _ = model.input_spec("decode", "cache")
 
     def prompt_ids(self, text: str) -> list[int]:
@@ -60,6 +61,23 @@ class Generator(Task):
         prompt = self.prompt_ids(text)
         return self.decode(self.generate_ids(prompt, max_new_tokens, top_k, seed, temperature))
 
+    def check_options(
+        self,
+        max_new_tokens: object = None,
+        top_k: object = None,
+        seed: object = None,
+        temperature: object = 1.0,
+    ) -> tuple[int | None, int | None, int | None, float]:
+        """The generation options of a call, each checked (an ``InputError`` naming it);
+        ``max_new_tokens=None`` means this generator's default."""
+        new = options.integer("max_new_tokens", max_new_tokens, 0, None, True)
+        return (
+            self.max_new_tokens if new is None else new,
+            options.integer("top_k", top_k, 1, self.vocabulary_size, optional=True),
+            options.integer("seed", seed, 0, 2**63 - 1, optional=True),
+            options.number("temperature", temperature, 0.0, 1e6, low_open=True),
+        )
+
     def generate_ids(
         self,
         prompt_ids: Sequence[int],
@@ -73,17 +91,12 @@ class Generator(Task):
         Greedy when ``top_k`` is ``None``; else drawn from the ``top_k`` most likely with a
         numpy generator seeded by ``seed``.
         """
+        new, top_k, seed, temperature = self.check_options(max_new_tokens, top_k, seed, temperature)
         prompt = self.check_ids(prompt_ids, self.context_length, "prompt_ids")
         if not prompt.size:
             raise InputError("prompt_ids: empty; a prompt starts with the start token")
-        new = max_new_tokens if max_new_tokens is not None else self.max_new_tokens
-        if new is not None and new < 0:
-            raise InputError(f"max_new_tokens must be >= 0, got {new}")
         limit = self.context_length if new is None else min(self.context_length, prompt.size + new)
-        try:
-            choose = greedy if top_k is None else top_k_sampler(top_k, seed, temperature)
-        except ValueError as error:
-            raise InputError(str(error)) from None
+        choose = greedy if top_k is None else top_k_sampler(top_k, seed, temperature)
         if prompt.size >= limit:
             return []
         steps = _CachedSteps(self.model, self._cache_shape)

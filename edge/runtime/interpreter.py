@@ -15,8 +15,10 @@ at the same moment run in parallel (each interpreter with its own ``num_threads`
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -24,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from keras_transformer_edge.runtime.errors import BackendError, InputError, one_line
+from keras_transformer_edge.runtime import options
+from keras_transformer_edge.runtime.errors import BackendError, InputError, ModelError, one_line
 from keras_transformer_edge.runtime.litert_private import SignatureCall
 
 BACKENDS = ("ai_edge_litert", "tflite_runtime")
@@ -63,6 +66,32 @@ def _describe(details: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     }
 
 
+_ANNOUNCED = threading.Lock()
+_announced = False
+
+
+@contextlib.contextmanager
+def _quiet_first_allocation():
+    """The process's first allocation with stderr (fd 2) on /dev/null: LiteRT prints "INFO:
+    Created TensorFlow Lite XNNPACK delegate for CPU." then, once per process, from C++ (no
+    setting turns it off). Errors still arrive, as the exception's message."""
+    global _announced
+    with _ANNOUNCED:
+        if _announced:
+            yield
+            return
+        sys.stderr.flush()
+        saved, quiet = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+        os.dup2(quiet, 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(quiet)
+            _announced = True
+
+
 def default_max_interpreters() -> int:
     """Interpreters a model may keep for concurrent calls: the CPU count, at most 4."""
     return max(1, min(4, os.cpu_count() or 1))
@@ -81,13 +110,15 @@ class _Instance:
                     resolver.BUILTIN if xnnpack else resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
                 ),
             )
-            interpreter.allocate_tensors()
-            self.calls = {
-                name: SignatureCall(interpreter, name) for name in interpreter.get_signature_list()
-            }
+            with _quiet_first_allocation():
+                interpreter.allocate_tensors()
+                self.calls = {
+                    name: SignatureCall(interpreter, name)
+                    for name in interpreter.get_signature_list()
+                }
         except (RuntimeError, ValueError) as error:
             message = f"{model_path}: the interpreter cannot load it: {one_line(error)}"
-            raise BackendError(message) from None
+            raise ModelError(message) from None
         except (SystemError, ImportError) as error:  # a wheel built for another numpy
             cause = one_line(error.__cause__ or error)
             raise BackendError(
@@ -128,10 +159,10 @@ class LiteModel:
         record_timings: bool = False,
         max_interpreters: int | None = None,
     ) -> None:
-        _check_count("num_threads", num_threads)
-        _check_count("max_interpreters", max_interpreters)
-        if not isinstance(xnnpack, bool) or not isinstance(record_timings, bool):
-            raise InputError("xnnpack and record_timings must be True or False")
+        num_threads = options.integer("num_threads", num_threads, 1, options.MAX_THREADS, True)
+        max_interpreters = options.integer("max_interpreters", max_interpreters, 1, 64, True)
+        options.flag("xnnpack", xnnpack)
+        options.flag("record_timings", record_timings)
         self.backend, self._module = interpreter_backend()
         self.model_path = Path(model_path)
         self.num_threads, self.xnnpack = num_threads, xnnpack
@@ -181,6 +212,10 @@ class LiteModel:
             outputs = instance.calls[signature](inputs)
             if self.timings is not None:  # atomic under the GIL: no lock needed
                 self.timings.setdefault(signature, []).append(time.perf_counter() - started)
+        except (RuntimeError, ValueError) as error:  # the interpreter's own, e.g. a bad model
+            raise ModelError(
+                f"{self.model_path}: {signature} failed in the interpreter: {one_line(error)}"
+            ) from None
         finally:
             self._release(instance)
         return outputs
@@ -230,11 +265,3 @@ class LiteModel:
                     f"{signature}: input {name!r} has shape {list(value.shape)}, "
                     f"expected {list(shape)}"
                 )
-
-
-def _check_count(name: str, value: object) -> None:
-    """``None`` or a positive int (not a bool); else a one-line ``InputError``."""
-    if value is None:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise InputError(f"{name} must be a positive integer, got {value!r}")

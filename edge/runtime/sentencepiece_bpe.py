@@ -19,6 +19,7 @@ Only BPE models with the ``identity`` normalization (no character map) are accep
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import json
 import operator
@@ -280,6 +281,24 @@ class SentencePieceBPE:
     def vocabulary_size(self) -> int:
         return len(self._pieces)
 
+    def fingerprint(self) -> str:
+        """sha256 of what decides the ids and the text: the normalizer's switches, then each
+        piece, its type and its merge score, in id order (a bundle's model file records it:
+        model_metadata.py; docs/bundle-format.md spells it out)."""
+        digest = hashlib.sha256()
+        switches = (
+            self.add_dummy_prefix,
+            self.remove_extra_whitespaces,
+            self.escape_whitespaces,
+            self.byte_fallback,
+        )
+        digest.update(bytes(switches) + self.unknown_surface.encode("utf-8") + b"\0")
+        for index, piece in enumerate(self._pieces):
+            kind = self._types[index]
+            score = -self._scores[piece] if kind in _MERGEABLE else 0.0
+            digest.update(piece.encode("utf-8") + struct.pack("<Bf", kind, score) + b"\0")
+        return digest.hexdigest()
+
     def id_to_piece(self, index: int) -> str:
         return self._pieces[index]
 
@@ -288,6 +307,23 @@ class SentencePieceBPE:
         return self._ids.get(piece, self._unk)
 
     # Encoding.
+
+    def encode_head(self, text: str, count: int) -> list[int]:
+        """The first ``count`` ids of ``text`` (all of them if fewer), at the cost of a short
+        text however long ``text`` is: only a head of the text ending before a space is
+        tokenized, grown until it gives ``count`` ids. No piece spans a space (they start with
+        one), so those are exactly the whole text's first ids; in a text with no space in the
+        first ``64 * count`` characters (one enormous word) the head is cut inside the word
+        and ``count + 32`` ids are asked of it, so the merges near the cut do not reach them.
+        """
+        window = max(256, 64 * count)
+        while len(text) > window:
+            cut = text.rfind(" ", 0, window)
+            ids = self.encode(text[:cut] if cut > 0 else text[:window])
+            if len(ids) >= (count if cut > 0 else count + 32):
+                return ids[:count]
+            window *= 4
+        return self.encode(text)[:count]
 
     def encode(self, text: str) -> list[int]:
         """The ids of ``text``, without start or end ids."""

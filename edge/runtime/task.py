@@ -5,7 +5,9 @@ Text rules, the same for every task (the command line documents them too):
 - the text is a ``str`` of valid Unicode; ``bytes`` or a lone surrogate is an ``InputError``
   (decode bytes as UTF-8 first, with ``errors="replace"`` if they may be invalid);
 - text longer than the model takes is cut to its length, with a one-line warning on the
-  ``keras_transformer_edge.runtime`` logger (stderr unless configured), once per text;
+  ``keras_transformer_edge.runtime`` logger (stderr unless configured), once per text; only
+  the head of a long text is tokenized (``SentencePieceBPE.encode_head``), so a 1 MB line
+  costs about what a line of the model's length costs;
 - text without tokens (empty or only spaces) gives each task's documented empty result.
 """
 
@@ -62,28 +64,27 @@ class Task:
         num_threads: int | None = None,
         xnnpack: bool = True,
         record_timings: bool = False,
+        max_interpreters: int | None = None,
         **options: Any,
     ):
         """Verify the bundle in ``path`` (hashes first), then make its interpreter.
 
-        ``options`` go to the task's constructor (e.g. a translator's ``beam_size``).
+        ``num_threads``, ``xnnpack``, ``record_timings`` and ``max_interpreters`` go to
+        :class:`LiteModel`; ``options`` to the task's constructor (e.g. a translator's
+        ``beam_size``). The task is safe to share between threads.
         """
         bundle = load_bundle(path, cls.kind or None)
-        model = LiteModel(bundle.model_path, num_threads, xnnpack, record_timings)
+        model = LiteModel(bundle.model_path, num_threads, xnnpack, record_timings, max_interpreters)
         return cls(bundle, model, **options)
 
     # Text and ids.
 
     def encode(self, text: str, limit: int, what: str = "tokens") -> list[int]:
         """The text's ids, cut to ``limit`` with a warning."""
-        ids = self.tokenizer.encode(check_text(text))
+        ids = self.tokenizer.encode_head(check_text(text), limit + 1)
         if len(ids) > limit:
             logger.warning(
-                "text %s has %d %s, truncated to the model's %d",
-                preview(text),
-                len(ids),
-                what,
-                limit,
+                "text %s has more than the model's %d %s; cut", preview(text), limit, what
             )
             ids = ids[:limit]
         return ids

@@ -24,8 +24,9 @@ def open_bundle(
     num_threads: int | None = None,
     xnnpack: bool = True,
     record_timings: bool = False,
+    max_interpreters: int | None = None,
 ) -> Task:
     """The bundle in ``path`` as its task (``Translator``, ``Generator``, ...), verified."""
     bundle = load_bundle(path)
-    model = LiteModel(bundle.model_path, num_threads, xnnpack, record_timings)
+    model = LiteModel(bundle.model_path, num_threads, xnnpack, record_timings, max_interpreters)
     return TASKS[bundle.kind](bundle, model)

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from keras_transformer_edge.runtime import options
 from keras_transformer_edge.runtime.bundle import Bundle
-from keras_transformer_edge.runtime.errors import InputError
 from keras_transformer_edge.runtime.generation import beam_search, continue_tokens
 from keras_transformer_edge.runtime.interpreter import LiteModel
 from keras_transformer_edge.runtime.signatures import position
@@ -100,26 +100,33 @@ class Translator(Task):
         max_length: int | None = None,
     ) -> None:
         super().__init__(bundle, model)
-        decoding = bundle.manifest["decoding"]
+        decoding = bundle.manifest["decoding"]  # checked when the bundle was loaded
         self.source_length: int = bundle.max_lengths["source"]
         self.target_length: int = bundle.max_lengths["target"]
-        self.beam_size = int(beam_size or decoding.get("beam_size") or 1)
-        self.length_penalty = float(
-            decoding.get("length_penalty", 0.0) if length_penalty is None else length_penalty
+        self.beam_size, self.length_penalty, self.max_length = self._options(
+            decoding.get("beam_size", 1) if beam_size is None else beam_size,
+            decoding.get("length_penalty", 0.0) if length_penalty is None else length_penalty,
+            decoding.get("max_length") if max_length is None else max_length,
         )
-        self.max_length = self._max_length(max_length or decoding.get("max_length"))
-        if self.beam_size < 1:
-            raise InputError(f"beam_size must be >= 1, got {self.beam_size}")
 
-    def _max_length(self, max_length: int | None) -> int:
-        if max_length is None:
-            return self.target_length
-        if not 1 <= max_length <= self.target_length:
-            raise InputError(
-                f"max_length must be in [1, {self.target_length}] (the model's target length), "
-                f"got {max_length}"
-            )
-        return int(max_length)
+    def check_options(
+        self, beam_size: object = None, length_penalty: object = None, max_length: object = None
+    ) -> tuple[int, float, int]:
+        """``(beam_size, length_penalty, max_length)`` for a call, ``None`` meaning this
+        translator's default; each checked (an ``InputError`` naming the option)."""
+        return self._options(
+            self.beam_size if beam_size is None else beam_size,
+            self.length_penalty if length_penalty is None else length_penalty,
+            self.max_length if max_length is None else max_length,
+        )
+
+    def _options(self, beam_size: object, length_penalty: object, max_length: object):
+        return (
+            options.integer("beam_size", beam_size, 1, options.MAX_BEAM_SIZE),
+            options.number("length_penalty", length_penalty, 0.0, 10.0),
+            options.integer("max_length", max_length, 1, self.target_length, optional=True)
+            or self.target_length,
+        )
 
     def source_ids(self, text: str) -> list[int]:
         """The source ids of ``text``: cut to the source length (with a warning)."""
@@ -140,14 +147,10 @@ class Translator(Task):
         max_length: int | None = None,
     ) -> list[int]:
         """Target ids after the start token, the end token last if one was written."""
+        beam_size, alpha, limit = self.check_options(beam_size, length_penalty, max_length)
         source = self.check_ids(source_ids, self.source_length, "source_ids")
         if not source.size:
             return []
-        beam_size = self.beam_size if beam_size is None else int(beam_size)
-        if beam_size < 1:
-            raise InputError(f"beam_size must be >= 1, got {beam_size}")
-        alpha = self.length_penalty if length_penalty is None else float(length_penalty)
-        limit = self.max_length if max_length is None else self._max_length(max_length)
         padded = np.zeros((1, self.source_length), np.int32)
         padded[0, : source.size] = source
         encoded = self.model.run("encode", source_ids=padded)
