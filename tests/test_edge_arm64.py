@@ -33,7 +33,7 @@ from keras_transformer_pipelines.synthetic import word_translation_pairs  # noqa
 VENV = "/opt/kt-runtime"
 MODES = ("fp32", "dynamic_int8")
 CPUS = ("cortex-a72", "cortex-a76")
-SENTENCES = 100
+SENTENCES = 60
 PROMPTS = ["", "sun", "house moon", "red cat open door"]
 
 
