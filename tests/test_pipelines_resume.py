@@ -220,7 +220,7 @@ def test_random_sigkills_at_any_instant_resume_to_the_uninterrupted_result(data,
     recipes = [_recipe(data.parent / f"random_{n}", data) for n in range(2)]
     with ThreadPoolExecutor(2) as pool:
         runs = list(
-            pool.map(lambda n: _kill_repeatedly(recipes[n], n, KILLS_PER_RUN, 16.0), range(2))
+            pool.map(lambda n: _kill_repeatedly(recipes[n], n, KILLS_PER_RUN, 24.0), range(2))
         )
     for n, result in enumerate(runs):
         final = result["final"]
