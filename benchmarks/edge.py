@@ -3,7 +3,7 @@
 For each quantization mode the run is converted and bundled, then the TF-free runtime
 (``keras_transformer_edge.runtime``) translates held-out sentences greedily, batch 1, on this
 CPU; BLEU is scored with sacreBLEU against the references and compared with the Keras fp32
-model's own greedy translations of the same sentences (``edge/mode_comparison.py``, which the
+model's own greedy translations of the same sentences (``cli/device_modes.py``, which the
 main job shares).
 
 Two speed ratios, each measured side by side in this one process:
@@ -12,7 +12,7 @@ Two speed ratios, each measured side by side in this one process:
   whole decoder on the prefix at every step (both TFLite fp32, the same weights, 64 new
   tokens from the same encoded source, end token ignored so both write exactly 64).
 - ``tflite_vs_keras_generation``: tokens/s of the runtime's greedy translation over the
-  project's best Keras generation of the same model: ``translation_recipe.Translator``
+  project's best Keras generation of the same model: ``translation_recipe.KerasTranslator``
   (KV cache, one compiled tf.function, batch 1), on the same sentences.
 
 Both ratios are given for fp32 and dynamic-range int8 (``*_by_mode``); the headline figures
@@ -52,15 +52,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from keras_transformer_cli.device_modes import compare_modes, keras_greedy  # noqa: E402
 from keras_transformer_edge.convert import convert, seq2seq_endpoints  # noqa: E402
-from keras_transformer_edge.mode_comparison import compare_modes, keras_greedy  # noqa: E402
-from keras_transformer_edge.run_data import run_recipe  # noqa: E402
 from keras_transformer_edge.runtime.interpreter import LiteModel  # noqa: E402
 from keras_transformer_edge.runtime.signatures import position  # noqa: E402
-from keras_transformer_edge.runtime.translator import Translator as DeviceTranslator  # noqa: E402
+from keras_transformer_edge.runtime.translator import Translator  # noqa: E402
 from keras_transformer_pipelines import translation_recipe  # noqa: E402
 from keras_transformer_pipelines.config import load_recipe  # noqa: E402
 from keras_transformer_pipelines.metrics import bleu  # noqa: E402
+from keras_transformer_pipelines.runs import run_recipe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 NEW_TOKENS = 64
@@ -218,7 +218,7 @@ def main() -> None:
     bundles = {mode: Path(entry["bundle"]) for mode, entry in modes.items() if "bundle" in entry}
 
     first = next(iter(bundles))
-    source_ids = DeviceTranslator.from_bundle(bundles[first]).source_ids(sources[0])
+    source_ids = Translator.from_bundle(bundles[first]).source_ids(sources[0])
     padded = np.zeros((1, model.encoder_sequence_length), np.int32)
     padded[0, : len(source_ids)] = source_ids
     # Both speed ratios for the float model and for the int8 model one ships (when built).

@@ -31,11 +31,11 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from keras_transformer_edge.modes import MAIN_JOB_MODES  # noqa: E402  (dataclasses only)
 from keras_transformer_pipelines import files  # noqa: E402  (the standard library only)
 
 STAGES = ("corpus", "train", "evaluate", "quantize", "device", "report")
-DEFAULT_MODES = "fp32,float16,dynamic_int8,full_int8"
-SHIP_PREFERENCE = ("dynamic_int8", "full_int8", "qat_int8", "float16", "fp32")
+DEFAULT_MODES = ",".join(MAIN_JOB_MODES)
 EXAMPLES = (
     "Open the file",
     "The password is incorrect.",
@@ -97,7 +97,7 @@ class MainJob:
     """The job's folders and stages; each stage returns its figures for the report."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from keras_transformer_edge.mode_comparison import DEVICE_MODES
+        from keras_transformer_cli.device_modes import DEVICE_MODES
         from keras_transformer_pipelines.config import load_recipe, parse_override
 
         self.args = args
@@ -190,7 +190,7 @@ class MainJob:
         return [source for source, _ in pairs], [target for _, target in pairs]
 
     def evaluate(self) -> dict:
-        from keras_transformer_edge.mode_comparison import keras_greedy
+        from keras_transformer_cli.device_modes import keras_greedy
         from keras_transformer_pipelines import translation_recipe
         from keras_transformer_pipelines.metrics import bleu, chrf
 
@@ -218,7 +218,7 @@ class MainJob:
 
     def quantize_and_run(self) -> dict:
         """Stages 4 and 5 for the in-process figures: bundles, then each on the test split."""
-        from keras_transformer_edge.mode_comparison import GreedyResult, compare_modes
+        from keras_transformer_cli.device_modes import GreedyResult, compare_modes
 
         bundles = self.output / "bundles"
         files.remove_partials(bundles)  # what a killed conversion left
@@ -246,6 +246,8 @@ class MainJob:
 
     def device(self, modes: dict) -> dict:
         """The shipping bundle in a process of its own, as on the device: no TensorFlow."""
+        from keras_transformer_edge.modes import SHIP_PREFERENCE
+
         passed = [mode for mode in SHIP_PREFERENCE if "size_bytes" in modes.get(mode, {})]
         if not passed:
             raise JobError("no mode passed its parity gate: nothing to ship")
@@ -267,7 +269,7 @@ class MainJob:
         return result
 
     def plots(self, modes: dict) -> dict:
-        from keras_transformer_cli.report import plot_modes
+        from keras_transformer_cli.job_report import plot_modes
         from keras_transformer_pipelines.translation_recipe import visualize
 
         plots = self.output / "plots"
@@ -306,7 +308,7 @@ def _runtime(arguments: list[str], stdin: str = "") -> dict:
 
 def main_job(args: argparse.Namespace) -> dict:
     """Run the stages; returns the report's figures (also in ``report.json``)."""
-    from keras_transformer_cli.report import format_report
+    from keras_transformer_cli.job_report import format_report
 
     if args.fresh and args.output.exists():
         if not (args.output / "run").is_dir() and any(args.output.iterdir()):

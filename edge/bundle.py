@@ -241,23 +241,21 @@ def bundle_from_run(
             default: 64 shuffled examples of the run's train split.
         parity_examples: held-out examples the parity gate runs on (0: no gate); BLEU on
             64 sentences moves by more than the 0.5 tolerance when one sentence changes.
-        tolerance: the gate's bounds; default: ``parity.TOLERANCES[mode]``.
-        float_fallback: ops left in float in ``full_int8`` (``quantize.select_fallback``).
+        tolerance: the gate's bounds; default: the mode's (``modes.MODES``).
+        float_fallback: ops left in float in ``full_int8`` (``calibration.select_fallback``).
     """
     from keras_transformer_edge.convert import CALIBRATED_MODES, convert
     from keras_transformer_edge.parity import gate
     from keras_transformer_edge.run_data import first_batch, load_run, parity_report
 
     run = load_run(run_dir, which, beam_size, prefill_length)
-    recipe, model, tokenizer = run.recipe, run.model, run.tokenizer
+    recipe, model = run.recipe, run.model
     if mode in CALIBRATED_MODES and calibration is None:
-        calibration = [first_batch(recipe, model, tokenizer, "train", 64, shuffle=True)]
+        calibration = [first_batch(run, "train", 64, shuffle=True)]
     flatbuffer = convert(model, run.endpoints, mode, calibration, float_fallback)
     extra = {"run": {"task": recipe.task, "checkpoint": which}}
     if parity_examples:
-        report = parity_report(
-            recipe, model, tokenizer, run.tokenizer_file, flatbuffer, parity_examples
-        )
+        report = parity_report(run, flatbuffer, parity_examples)
         extra["parity"] = gate(report, mode, tolerance)  # raises before anything is written
     return write_bundle(
         output,

@@ -19,11 +19,12 @@ import json
 import sys
 from pathlib import Path
 
-from keras_transformer_edge.convert import MODES, ConversionError
+from keras_transformer_edge.convert import ConversionError
+from keras_transformer_edge.modes import CONVERTER_MODES, MODES
 
 EXIT_PARITY, EXIT_INPUT = 1, 2
-# ``quantize``'s modes: the reduced-precision conversions, and quantization-aware training.
-QUANTIZED_MODES = (*(mode for mode in MODES if mode != "fp32"), "qat_int8")
+# ``quantize``'s modes: every mode but fp32 (modes.py).
+QUANTIZED_MODES = tuple(mode for mode in MODES if mode != "fp32")
 
 
 def _parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -47,7 +48,7 @@ def _parser(prog: str | None = None) -> argparse.ArgumentParser:
         sub.add_argument("--parity-examples", type=int, default=256, help="0: no gate")
         return sub
 
-    bundle_command("convert", "convert a run to a parity-gated bundle", MODES, "fp32")
+    bundle_command("convert", "convert a run to a parity-gated bundle", CONVERTER_MODES, "fp32")
     quantize = bundle_command(
         "quantize",
         "quantize a run to a parity-gated bundle (post-training, or qat_int8: "
@@ -75,16 +76,16 @@ def _layer_report(run_dir: Path, which: str):
     """The full-int8 error report of a run, on calibration samples of its train split."""
     import tempfile
 
+    from keras_transformer_edge.calibration import bounded_attention, layer_error_report
     from keras_transformer_edge.convert import (
         calibration_samples,
         convert_saved_model,
         export_saved_model,
     )
-    from keras_transformer_edge.quantize import bounded_attention, layer_error_report
     from keras_transformer_edge.run_data import first_batch, load_run
 
     run = load_run(run_dir, which)
-    batch = first_batch(run.recipe, run.model, run.tokenizer, "train", 64, shuffle=True)
+    batch = first_batch(run, "train", 64, shuffle=True)
     with tempfile.TemporaryDirectory() as scratch, bounded_attention(run.model):
         saved = export_saved_model(run.model, run.endpoints, Path(scratch) / "saved_model")
         float_model = convert_saved_model(saved, run.endpoints, "fp32")
@@ -94,7 +95,7 @@ def _layer_report(run_dir: Path, which: str):
 
 def _convert(args) -> dict:
     from keras_transformer_edge.bundle import bundle_from_run
-    from keras_transformer_edge.quantize import select_fallback
+    from keras_transformer_edge.calibration import select_fallback
     from keras_transformer_edge.runtime.bundle import load_bundle
 
     fallback: list[str] = []
@@ -106,7 +107,7 @@ def _convert(args) -> dict:
             _layer_report(args.run, args.which), threshold=args.float_fallback_threshold
         )
     if args.mode == "qat_int8":
-        from keras_transformer_edge.mode_comparison import qat_bundle_from_run
+        from keras_transformer_cli.device_modes import qat_bundle_from_run
 
         if args.which != "model" or args.beam or args.prefill:
             raise ConversionError("qat_int8 takes the final model, without --beam or --prefill")
@@ -140,13 +141,13 @@ def _onnx(args) -> dict:
         seq2seq_parity_inputs,
         to_onnx,
     )
-    from keras_transformer_edge.run_data import first_batch, held_out_split, load_run
+    from keras_transformer_edge.run_data import first_batch, load_run
 
     run = load_run(args.run, args.which, beam_size=1)  # ONNX files: encode and decode only
     if run.kind not in ("seq2seq", "language_model"):
         raise ConversionError(f"ONNX export covers seq2seq and language models, not {run.kind}")
-    split = held_out_split(run.recipe)
-    inputs, labels = first_batch(run.recipe, run.model, run.tokenizer, split, 1, shuffle=False)
+    split = run.finished.held_out_split()
+    inputs, labels = first_batch(run, split, 1, shuffle=False)
     if run.kind == "seq2seq":
         source = inputs["encoder_token_ids"]
         padding = run.model.encoder_sequence_length - source.shape[1]

@@ -29,7 +29,8 @@ from keras_transformer.models import (
     TokenClassifier,
     TransformerLanguageModel,
 )
-from keras_transformer_edge.quantize import (
+from keras_transformer_edge import private_api
+from keras_transformer_edge.calibration import (
     Samples,
     bounded_attention,
     classifier_samples,
@@ -38,11 +39,12 @@ from keras_transformer_edge.quantize import (
     representative_dataset,
     seq2seq_samples,
 )
+from keras_transformer_edge.modes import CALIBRATED_MODES, CONVERTER_MODES
 from keras_transformer_edge.runtime.signatures import POSITION_SHAPE
 
 Endpoints = dict[str, tuple[Callable, list[tf.TensorSpec]]]
-MODES = ("fp32", "float16", "dynamic_int8", "full_int8", "int16_activations")
-CALIBRATED_MODES = ("full_int8", "int16_activations")
+# The modes the TFLite converter produces (modes.py defines every mode).
+MODES = CONVERTER_MODES
 
 
 # A decode step's cache position: shape [1], never rank 0 (runtime/signatures.py says why).
@@ -186,7 +188,7 @@ def make_converter(
         # the embedding table it is tied to (gathers are per-tensor), where per-channel would
         # store the table twice. Measured on the en-fr model: 0.255x instead of 0.308x the
         # fp32 size, greedy BLEU on 400 test sentences 26.94 vs 26.84 per-channel.
-        converter._experimental_disable_per_channel_quantization_for_dense_layers = True
+        private_api.per_tensor_dense_weights(converter)
     if mode in CALIBRATED_MODES:
         converter.representative_dataset = representative_dataset(samples)
     return converter
@@ -203,10 +205,10 @@ def convert_saved_model(
 
     Args:
         mode: one of ``MODES`` (see :func:`make_converter`).
-        samples: calibration inputs per signature (``quantize.seq2seq_samples`` and
+        samples: calibration inputs per signature (``calibration.seq2seq_samples`` and
             friends), for the calibrated modes.
         float_fallback: for ``"full_int8"``, tensors (op outputs, as named by
-            ``quantize.layer_error_report``) whose ops stay float.
+            ``calibration.layer_error_report``) whose ops stay float.
     """
     signature_keys = list(signature_keys)
     converter = make_converter(directory, signature_keys, mode, samples)
@@ -254,8 +256,7 @@ def op_names(flatbuffer: bytes) -> list[str]:
         interpreter = Interpreter(model_content=flatbuffer)
     except (RuntimeError, ValueError) as error:  # e.g. an op this runtime cannot resolve
         raise ConversionError(f"the runtime cannot load the model: {error}") from None
-    # The interpreter lists its ops only through this private method (no public API yet).
-    return sorted({op["op_name"] for op in interpreter._get_ops_details()})
+    return sorted({op["op_name"] for op in private_api.op_details(interpreter)})
 
 
 def check_builtin_ops(flatbuffer: bytes) -> None:

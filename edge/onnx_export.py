@@ -35,7 +35,13 @@ import tensorflow as tf
 
 from keras_transformer_edge.convert import ConversionError, Endpoints
 from keras_transformer_edge.parity import ParityError  # the same error as the TFLite gate
-from keras_transformer_edge.runtime.signatures import position
+from keras_transformer_edge.runners import endpoint_runner
+from keras_transformer_edge.runtime.steps import (
+    LanguageModelSteps,
+    Recording,
+    Seq2SeqSteps,
+    teacher_forced_logits,
+)
 
 # tf2onnx 1.17 targets opsets up to 18 (its default is 15); 17 runs on every onnxruntime this
 # project allows (>= 1.20).
@@ -358,21 +364,10 @@ def seq2seq_parity_inputs(
 ) -> dict[str, list[Feeds]]:
     """Held-out feeds for ``encode``/``decode``: the source, then every teacher-forced decode step
     with the cache the Keras model itself produced (so late steps see a filled cache)."""
-    encode, decode = endpoints["encode"][0], endpoints["decode"][0]
-    cache_spec = endpoints["decode"][1][_argument_names(decode).index("cache")]
-    source_ids = np.asarray(source_ids, np.int32)
-    encoded = {k: keras.ops.convert_to_numpy(v) for k, v in encode(source_ids).items()}
-    cache, steps = np.zeros(cache_spec.shape, np.float32), []
-    for index in range(target_ids.shape[1]):
-        feed = {
-            "token": np.asarray(target_ids[:, index : index + 1], np.int32),
-            "cache": cache,
-            "index": position(index),
-            **encoded,
-        }
-        steps.append(feed)
-        cache = keras.ops.convert_to_numpy(decode(**feed)["cache"])
-    return {"encode": [{"source_ids": source_ids}], "decode": steps}
+    recorder = Recording(endpoint_runner(endpoints))
+    steps = Seq2SeqSteps(recorder, np.asarray(source_ids, np.int32))
+    teacher_forced_logits(steps, [int(token) for token in np.asarray(target_ids)[0]])
+    return recorder.samples
 
 
 def language_model_parity_inputs(
@@ -380,19 +375,6 @@ def language_model_parity_inputs(
 ) -> dict[str, list[Feeds]]:
     """Held-out feeds for ``prefill`` (the first ``prefill_length`` tokens of ``token_ids``) and
     one ``decode`` step per remaining token, with the cache the Keras model produced."""
-    prefill, decode = endpoints["prefill"][0], endpoints["decode"][0]
-    tokens_spec, cache_spec = endpoints["prefill"][1]
-    length = tokens_spec.shape[1]
-    token_ids = np.asarray(token_ids, np.int32)
-    first = {"tokens": token_ids[:, :length], "cache": np.zeros(cache_spec.shape, np.float32)}
-    cache = keras.ops.convert_to_numpy(prefill(**first)["cache"])
-    steps = []
-    for index in range(length, token_ids.shape[1]):
-        feed = {
-            "token": token_ids[:, index : index + 1],
-            "cache": cache,
-            "index": position(index),
-        }
-        steps.append(feed)
-        cache = keras.ops.convert_to_numpy(decode(**feed)["cache"])
-    return {"prefill": [first], "decode": steps}
+    recorder = Recording(endpoint_runner(endpoints))
+    LanguageModelSteps(recorder).prefill(np.asarray(token_ids, np.int32)[0])
+    return recorder.samples

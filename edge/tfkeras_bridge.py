@@ -38,6 +38,7 @@ from keras_transformer.models import (
     TokenClassifier,
     TransformerLanguageModel,
 )
+from keras_transformer_edge import private_api
 from keras_transformer_edge.convert import language_model_endpoints, seq2seq_endpoints
 
 SUPPORTED_MODELS = (
@@ -58,7 +59,7 @@ class WeightSlot:
 
     @property
     def tf_variable(self) -> tf.Variable:
-        return self.variable._value  # the tf.Variable behind a Keras 3 TensorFlow variable
+        return private_api.tf_variable(self.variable)
 
     @property
     def is_kernel(self) -> bool:
@@ -78,7 +79,7 @@ def check_model(function: str, model) -> None:
 
 
 def _layers(model: keras.Model) -> Iterator[keras.layers.Layer]:
-    return iter(model._flatten_layers(include_self=True, recursive=True))
+    return private_api.nested_layers(model)
 
 
 def weight_slots(model: keras.Model) -> dict[str, WeightSlot]:

@@ -81,6 +81,29 @@ class ModelConfig:
     position_encoding: str = "sinusoidal"
     scale_embeddings: bool = True
     tie_output_embeddings: bool = True
+    gated_feedforward: bool = False  # SwiGLU/GEGLU-style gate on the feed-forward
+    num_key_value_heads: int | None = None  # grouped-query attention; None: num_heads
+    sliding_window: int | None = None  # local causal self-attention of this many keys
+    layer_norm_epsilon: float = 1e-5
+
+    def layer_arguments(self) -> dict:
+        """The Transformer settings every model class takes (``TransformerModelBase``), the
+        one place a recipe's model fields become model arguments."""
+        names = (
+            "hidden_dim",
+            "num_heads",
+            "intermediate_dim",
+            "dropout",
+            "activation",
+            "gated_feedforward",
+            "normalize_first",
+            "layer_norm_epsilon",
+            "num_key_value_heads",
+            "position_encoding",
+            "scale_embeddings",
+            "sliding_window",
+        )
+        return {name: getattr(self, name) for name in names}
 
 
 @dataclass

@@ -14,10 +14,11 @@ import numbers
 import keras
 from keras import ops
 
+from keras_transformer_pipelines import private_api
+
 # Keras divides every loss by the number of replicas under a ``tf.distribute`` strategy (and
 # undoes it for the reported value); the KL term follows the same rule. The helpers are
 # private, so they are reached in one place.
-from keras.src.losses.loss import scale_loss_for_distribution, unscale_loss_for_distribution
 
 
 def distillation_kl(teacher_logits, student_logits, temperature: float = 1.0):
@@ -172,16 +173,18 @@ class Distiller(keras.Model):
         teacher_logits = ops.stop_gradient(self.teacher(x, training=False))
         kl = distillation_kl(teacher_logits, y_pred, self.temperature)
         weights, count = self._kl_weights(y, y_pred, sample_weight)
-        distillation_loss = scale_loss_for_distribution(
+        distillation_loss = private_api.scale_loss_for_distribution(
             ops.divide_no_nan(ops.sum(kl * weights), count)
         )
         self.distillation_loss_tracker.update_state(
-            unscale_loss_for_distribution(distillation_loss)
+            private_api.unscale_loss_for_distribution(distillation_loss)
         )
         total = (1.0 - self.alpha) * distillation_loss
         if self.alpha > 0:
             hard_loss = super().compute_loss(x, y, y_pred, sample_weight, training)
-            self.hard_loss_tracker.update_state(unscale_loss_for_distribution(hard_loss))
+            self.hard_loss_tracker.update_state(
+                private_api.unscale_loss_for_distribution(hard_loss)
+            )
             total = total + self.alpha * hard_loss
         return total
 

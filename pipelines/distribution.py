@@ -26,11 +26,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import types
 from collections.abc import Callable, Sequence
 
 import keras
 import tensorflow as tf
+
+from keras_transformer_pipelines import private_api
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
@@ -124,7 +125,7 @@ def prepare_for_fit(model: keras.Model) -> keras.Model:
         strategy.num_replicas_in_sync == len(strategy.extended.worker_devices)
     ):
         return model
-    model._maybe_symbolic_build = types.MethodType(_local_symbolic_build, model)
+    private_api.replace_symbolic_build(model, _local_symbolic_build)
     model.train_step = _with_rank_one_logs(model.train_step)
     model.test_step = _with_rank_one_logs(model.test_step)
     return model
@@ -132,7 +133,7 @@ def prepare_for_fit(model: keras.Model) -> keras.Model:
 
 def _local_symbolic_build(self, iterator=None, data_batch=None):
     """``TensorFlowTrainer._maybe_symbolic_build`` without the cross-worker reduce."""
-    strategy = self._distribute_strategy
+    strategy = private_api.trainer_strategy(self)
     if strategy is None:
         return
     if iterator is not None:
@@ -147,7 +148,7 @@ def _local_symbolic_build(self, iterator=None, data_batch=None):
             )
             break
     with strategy.scope():
-        self._symbolic_build(data_batch=data_batch)
+        private_api.symbolic_build(self, data_batch)
 
 
 def _with_rank_one_logs(step: Callable) -> Callable:

@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from keras_transformer_pipelines import files
+from keras_transformer_pipelines import files, private_api
 
 DEFAULT_LOCALE_DIRS = ("/usr/share/locale", "/usr/share/locale-langpack")
 SPLITS = {"train": 0.9, "valid": 0.05, "test": 0.05}
@@ -51,7 +51,7 @@ def catalog_pairs(path: str | Path) -> Iterator[tuple[str, str]]:
     """Singular, context-free, translated entries of one ``.mo`` file."""
     with open(path, "rb") as handle:
         catalog = gettext.GNUTranslations(handle)
-    for source, target in catalog._catalog.items():  # noqa: SLF001 - the only public view is lookups
+    for source, target in private_api.gettext_entries(catalog).items():
         if not isinstance(source, str) or not source or "\x04" in source:
             continue  # the header, plural forms (tuple keys) and msgctxt entries
         if isinstance(target, str) and target and target != source:

@@ -7,9 +7,10 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from keras_transformer_pipelines import private_api
+
 # Keras reduces a loss over the mask attached to its per-token values (a token-level mean);
 # its setter is private, so it is reached in one place.
-from keras.src.backend.common.masking import set_keras_mask
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer_pipelines")
@@ -54,7 +55,7 @@ class MaskedSparseCrossentropy(keras.losses.Loss):
             loss = (1.0 - self.label_smoothing) * loss + self.label_smoothing * uniform
         mask = ops.not_equal(y_true, self.padding_id)
         loss = ops.where(mask, loss, 0.0)
-        set_keras_mask(loss, mask)
+        private_api.set_keras_mask(loss, mask)
         return loss
 
     def get_config(self):

@@ -113,17 +113,7 @@ def dataset_for(
 
 def build_model(recipe: Recipe, vocabulary_size: int, num_labels: int = 0) -> keras.Model:
     config = recipe.model
-    settings = {
-        "num_layers": config.num_layers,
-        "hidden_dim": config.hidden_dim,
-        "num_heads": config.num_heads,
-        "intermediate_dim": config.intermediate_dim,
-        "dropout": config.dropout,
-        "activation": config.activation,
-        "normalize_first": config.normalize_first,
-        "position_encoding": config.position_encoding,
-        "scale_embeddings": config.scale_embeddings,
-    }
+    settings = {"num_layers": config.num_layers, **config.layer_arguments()}
     length = recipe.data.max_length
     if recipe.task == "classification":
         model = SequenceClassifier(
@@ -133,7 +123,7 @@ def build_model(recipe: Recipe, vocabulary_size: int, num_labels: int = 0) -> ke
         model = TokenClassifier(vocabulary_size, length, num_labels, **settings)
     else:
         model = TransformerLanguageModel(
-            vocabulary_size, length, tie_embeddings=config.tie_output_embeddings, **settings
+            vocabulary_size, length, tie_output_embeddings=config.tie_output_embeddings, **settings
         )
     model.ensure_built()
     return model

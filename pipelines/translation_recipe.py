@@ -88,14 +88,7 @@ def build_model(recipe: Recipe, vocabulary_size: int) -> Seq2SeqTransformer:
         num_encoder_layers=model_config.num_encoder_layers,
         num_decoder_layers=model_config.num_decoder_layers,
         tie_output_embeddings=model_config.tie_output_embeddings,
-        hidden_dim=model_config.hidden_dim,
-        num_heads=model_config.num_heads,
-        intermediate_dim=model_config.intermediate_dim,
-        dropout=model_config.dropout,
-        activation=model_config.activation,
-        normalize_first=model_config.normalize_first,
-        position_encoding=model_config.position_encoding,
-        scale_embeddings=model_config.scale_embeddings,
+        **model_config.layer_arguments(),
     )
     model.ensure_built()
     return model
@@ -173,7 +166,7 @@ def load_trained(output_dir: str | Path, which: str = "model") -> tuple[Seq2SeqT
     return load_model(output_dir, which), load_tokenizer(Path(output_dir) / "tokenizer")
 
 
-class Translator:
+class KerasTranslator:
     """Batched text -> text translation with a trained model (greedy or beam search).
 
     The decoding graph is traced once per batch shape: sources are padded to the model's
@@ -213,6 +206,12 @@ class Translator:
             ids[row, : len(tokens)] = tokens
         return ids
 
+    def translate_ids(self, source_ids: np.ndarray) -> np.ndarray:
+        """Target ids ``[N, max_length]`` (the end token, then 0s, where one was written) of
+        source ids ``[N, S]`` (from :meth:`ids`); rows are decoded in one traced graph per
+        batch shape, so a batch of one row is the fastest way to time single sentences."""
+        return self._decode(tf.constant(np.asarray(source_ids, np.int32))).numpy()
+
     def __call__(self, texts: list[str]) -> list[str]:
         if not texts:
             return []
@@ -221,7 +220,7 @@ class Translator:
         for begin in range(0, len(texts), self.batch_size):
             chunk = source[begin : begin + self.batch_size]
             filled = np.pad(chunk, [(0, self.batch_size - len(chunk)), (0, 0)])
-            tokens = self._decode(tf.constant(filled, tf.int32)).numpy()[: len(chunk)]
+            tokens = self.translate_ids(filled)[: len(chunk)]
             outputs += [self._text(row) for row in tokens]
         return outputs
 
@@ -238,11 +237,11 @@ def ids_to_text(tokenizer, ids) -> str:
     return text if isinstance(text, str) else text.numpy().decode("utf-8")
 
 
-def translator_for(recipe: Recipe, which: str = "best") -> Translator:
-    """A :class:`Translator` over a finished run's model, with the recipe's decoding settings."""
+def translator_for(recipe: Recipe, which: str = "best") -> KerasTranslator:
+    """A :class:`KerasTranslator` over a finished run's model and the recipe's decoding."""
     model, tokenizer = load_trained(recipe.output_dir, which)
     decoding = recipe.decoding
-    return Translator(
+    return KerasTranslator(
         model,
         tokenizer,
         decoding.beam_size,

@@ -50,7 +50,7 @@ def test_runtime_only_install_runs_a_pipeline_bundle_with_the_keras_ids(tmp_path
         run = toy_translation_run(tmp_path / "train")
         bundle = bundle_from_run(run, tmp_path / "bundle")
         model, tokenizer = translation_recipe.load_trained(run)
-        keras_translator = translation_recipe.Translator(model, tokenizer, beam_size=1)
+        keras_translator = translation_recipe.KerasTranslator(model, tokenizer, beam_size=1)
         sources = keras_translator.ids(TEXTS)  # the training side's tokenizer and layout
         expected = np.asarray(translate_ids(model, sources, LENGTH, num_beams=1))
         expected_text = keras_translator(TEXTS)

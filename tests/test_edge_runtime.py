@@ -106,7 +106,7 @@ def single_sequence(run_dir, workdir) -> dict[str, tuple[Path, keras.Model, Path
         if task in labels:
             names = labels[task] if task == "classification" else labels[task].split()
             (run / task_recipes.LABEL_FILES[task]).write_text("".join(f"{n}\n" for n in names))
-        # These runs have no data for the parity gate (tested in test_edge_quantize.py).
+        # These runs have no data for the parity gate (tested in test_edge_calibration.py).
         bundle = bundle_from_run(
             run, workdir / f"{task}-bundle", prefill_length=4, parity_examples=0
         )
@@ -313,7 +313,7 @@ def test_greedy_and_beam_ids_equal_the_keras_models(translator, keras_model):
 def test_text_translations_equal_the_keras_translators(translator, keras_model, run_dir, caplog):
     tokenizer = load_tokenizer(run_dir / "tokenizer")
     for beams in (1, 3):
-        keras_translator = translation_recipe.Translator(
+        keras_translator = translation_recipe.KerasTranslator(
             keras_model, tokenizer, beam_size=beams, length_penalty=0.6, batch_size=len(TEXTS)
         )
         expected = keras_translator(TEXTS)

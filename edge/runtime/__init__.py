@@ -21,7 +21,7 @@ _LAZY = {
     "Generator": "generator",
     "Classifier": "classifier",
     "Tagger": "classifier",
-    "open_bundle": "tasks",
+    "open_bundle": "kinds",
     "load_bundle": "bundle",
     "Bundle": "bundle",
     "LiteModel": "interpreter",

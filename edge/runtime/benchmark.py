@@ -24,8 +24,8 @@ from keras_transformer_edge.runtime.bundle import load_bundle
 from keras_transformer_edge.runtime.classifier import Classifier, Tagger
 from keras_transformer_edge.runtime.generator import Generator
 from keras_transformer_edge.runtime.interpreter import LiteModel, backend_version
+from keras_transformer_edge.runtime.kinds import TASKS
 from keras_transformer_edge.runtime.task import Task
-from keras_transformer_edge.runtime.tasks import TASKS
 from keras_transformer_edge.runtime.translator import Translator
 
 DEFAULT_TEXT = "Open the file and save the document before closing the window."

@@ -178,7 +178,7 @@ KINDS = {
 
 
 def _run_lines(args: argparse.Namespace) -> None:
-    from keras_transformer_edge.runtime.tasks import TASKS
+    from keras_transformer_edge.runtime.kinds import TASKS
 
     task = TASKS[KINDS[args.command]].from_bundle(args.bundle, args.threads, not args.no_xnnpack)
     function = _task_function(args, task)

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
 from keras_transformer_edge.runtime import options
 from keras_transformer_edge.runtime.bundle import Bundle
 from keras_transformer_edge.runtime.errors import InputError
-from keras_transformer_edge.runtime.generation import continue_tokens, greedy, top_k_sampler
 from keras_transformer_edge.runtime.interpreter import LiteModel
-from keras_transformer_edge.runtime.signatures import position
+from keras_transformer_edge.runtime.search import continue_tokens, greedy, top_k_sampler
+from keras_transformer_edge.runtime.steps import LanguageModelSteps
 from keras_transformer_edge.runtime.task import Task
 
 
@@ -43,7 +41,6 @@ class Generator(Task):
         self.context_length: int = bundle.max_lengths["context"]
         self.prefill_length: int = bundle.max_lengths["prefill"]
         self.max_new_tokens = options.integer("max_new_tokens", max_new_tokens, 0, None, True)
-        self._cache_shape, _ = model.input_spec("decode", "cache")
 
     def prompt_ids(self, text: str) -> list[int]:
         """The start token and the text's ids, cut to the context (with a warning)."""
@@ -99,40 +96,6 @@ class Generator(Task):
         choose = greedy if top_k is None else top_k_sampler(top_k, seed, temperature)
         if prompt.size >= limit:
             return []
-        steps = _CachedSteps(self.model, self._cache_shape)
-        logits = steps.prefill(prompt, self.prefill_length)
+        steps = LanguageModelSteps(self.model)  # this call's own cache: safe across threads
+        logits = steps.prefill(prompt)[-1]
         return continue_tokens(steps.feed, logits, prompt.size, limit, self.end_id, choose)
-
-
-class _CachedSteps:
-    """One generation's cache and its ``feed`` (generation.py's contract), one row.
-
-    A new one per call: the cache is this call's own, so calls from several threads never
-    share it.
-    """
-
-    def __init__(self, model: LiteModel, cache_shape: tuple[int, ...]) -> None:
-        self.model = model
-        self.cache = np.zeros(cache_shape, np.float32)
-        self.position_shape, _ = model.input_spec("decode", "index")  # [1], or [] in format 1
-
-    def prefill(self, prompt: np.ndarray, prefill_length: int) -> np.ndarray:
-        """Write the prompt into the cache; the logits for the position after it."""
-        head = prompt[:prefill_length]
-        tokens = np.zeros((1, prefill_length), np.int32)
-        tokens[0, : head.size] = head
-        outputs = self.model.run("prefill", tokens=tokens, cache=self.cache)
-        self.cache, logits = outputs["cache"], outputs["logits"][0, head.size - 1]
-        for index in range(head.size, prompt.size):
-            logits = self.feed(prompt[index : index + 1], index)[0]
-        return logits
-
-    def feed(self, tokens: np.ndarray, index: int) -> np.ndarray:
-        outputs = self.model.run(
-            "decode",
-            token=tokens.reshape(1, 1).astype(np.int32),
-            cache=self.cache,
-            index=position(index, self.position_shape),
-        )
-        self.cache = outputs["cache"]
-        return outputs["logits"][:, 0]

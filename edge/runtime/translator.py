@@ -1,9 +1,9 @@
 """Translation with a seq2seq bundle: ``encode`` once, then ``decode`` steps on the host.
 
-The inputs are the Keras side's (``translation_recipe.Translator``): the source is the text's
+The inputs are the Keras side's (``translation_recipe.KerasTranslator``): the source is the text's
 ids cut to the source length and 0-padded, with no start token; the decoder starts from the
 start token and writes at most the target length; greedy or beam search with a length penalty
-(:mod:`~keras_transformer_edge.runtime.generation`). A text without tokens translates to ``""``
+(:mod:`~keras_transformer_edge.runtime.search`). A text without tokens translates to ``""``
 and the model does not run.
 """
 
@@ -16,61 +16,10 @@ import numpy as np
 
 from keras_transformer_edge.runtime import options
 from keras_transformer_edge.runtime.bundle import Bundle
-from keras_transformer_edge.runtime.generation import beam_search, continue_tokens
 from keras_transformer_edge.runtime.interpreter import LiteModel
-from keras_transformer_edge.runtime.signatures import position
+from keras_transformer_edge.runtime.search import beam_search, continue_tokens
+from keras_transformer_edge.runtime.steps import Seq2SeqSteps
 from keras_transformer_edge.runtime.task import Task
-
-
-class _DecoderSteps:
-    """``feed``/``reorder`` over ``rows`` decoder rows for one encoded source.
-
-    One call of ``decode`` (one row) or ``decode_beam`` (when it has exactly ``rows`` rows);
-    any other beam size runs ``decode`` once per row, each with its own cache.
-    """
-
-    def __init__(self, model: LiteModel, encoded: dict[str, np.ndarray], rows: int) -> None:
-        self.model, self.rows = model, rows
-        beam_rows = (
-            model.input_spec("decode_beam", "token")[0][0]
-            if "decode_beam" in model.signatures
-            else None
-        )
-        self.signature = "decode" if rows == 1 else "decode_beam" if beam_rows == rows else None
-        cache_shape, _ = model.input_spec("decode", "cache")
-        self.cache = np.zeros((rows, *cache_shape[1:]), np.float32)
-        self.position_shape, _ = model.input_spec("decode", "index")  # [1], or [] in format 1
-        self.encoded = encoded  # one row
-        if self.signature == "decode_beam":  # every beam reads the same source
-            self.encoded = {name: np.repeat(value, rows, axis=0) for name, value in encoded.items()}
-
-    def feed(self, tokens: np.ndarray, index: int) -> np.ndarray:
-        at = position(index, self.position_shape)
-        if self.signature is None:
-            return np.concatenate([self._row(tokens, at, row) for row in range(self.rows)])
-        outputs = self.model.run(
-            self.signature,
-            token=tokens.reshape(self.rows, 1).astype(np.int32),
-            cache=self.cache,
-            index=at,
-            **self.encoded,
-        )
-        self.cache = outputs["cache"]
-        return outputs["logits"][:, 0]
-
-    def _row(self, tokens: np.ndarray, at: np.ndarray, row: int) -> np.ndarray:
-        outputs = self.model.run(
-            "decode",
-            token=tokens[row : row + 1].reshape(1, 1).astype(np.int32),
-            cache=self.cache[row : row + 1],
-            index=at,
-            **self.encoded,
-        )
-        self.cache[row] = outputs["cache"][0]
-        return outputs["logits"][:, 0]
-
-    def reorder(self, rows: np.ndarray) -> None:
-        self.cache = self.cache[rows]
 
 
 class Translator(Task):
@@ -153,8 +102,7 @@ class Translator(Task):
             return []
         padded = np.zeros((1, self.source_length), np.int32)
         padded[0, : source.size] = source
-        encoded = self.model.run("encode", source_ids=padded)
-        steps = _DecoderSteps(self.model, encoded, beam_size)
+        steps = Seq2SeqSteps(self.model, padded, beam_size)
         if beam_size == 1:
             first = steps.feed(np.array([self.start_id], np.int32), 0)[0]
             return continue_tokens(steps.feed, first, 1, limit + 1, self.end_id)

@@ -98,6 +98,8 @@ class MultiHeadAttention(keras.layers.Layer):
     )
     # Set by quantization tools to {point name: callable}; None computes in plain float.
     quantization_points = None
+    # True while exported for integer activations: see quantization_points.bounded_scores.
+    bounded_masked_scores = False
 
     def __init__(
         self,
@@ -338,6 +340,7 @@ class MultiHeadAttention(keras.layers.Layer):
             training=bool(training) and self.dropout > 0,
             seed=self._seed_generator,
             quantize=point_function(self),
+            bounded=self.bounded_masked_scores,
         )
         attended = ops.reshape(
             ops.transpose(attended, (0, 2, 1, 3)),

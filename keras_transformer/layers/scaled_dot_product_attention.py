@@ -113,6 +113,7 @@ def attend(
     training=False,
     seed=None,
     quantize=None,
+    bounded=False,
 ):
     """:func:`scaled_dot_product_attention` without argument checks: the layers' hot path.
 
@@ -120,9 +121,12 @@ def attend(
 
     ``quantize``: optional ``f(point, tensor) -> tensor`` applied at the fake-quantization
     points ``"query"`` (scaled), ``"scores"``, ``"masked_scores"``, ``"attention_weights"``
-    and ``"attention_output"``; with it, masked scores are bounded
-    (:data:`~keras_transformer.layers.quantization_points.QUANTIZED_MASK_VALUE`) instead of
-    pushed to -1e9. ``None`` (the default) leaves the math as it is.
+    and ``"attention_output"``. ``None`` (the default) leaves the math as it is.
+
+    ``bounded``: masked scores are bounded to
+    ``[QUANTIZED_MASK_VALUE, 0]`` (:mod:`~keras_transformer.layers.quantization_points`)
+    instead of pushed to -1e9, for an integer scores tensor; the weights differ from the
+    unbounded ones by at most e^-8 of each masked key's share.
     """
     point = quantize or (lambda name, x: x)
     batch, query_length = ops.shape(query)[0], ops.shape(query)[2]
@@ -147,12 +151,12 @@ def attend(
         scores = ops.cast(scores, "float32")  # softmax in float32 under mixed precision
     if mask is not None:
         mask = ops.cast(mask, "bool")
-        if quantize is None:
+        if bounded:
+            scores = point("masked_scores", _bounded_masked_scores(scores, mask))
+        else:
             # An additive bias built on the small mask, not a select on the large scores:
             # its backward pass is the identity.
             scores = scores + ops.where(mask, 0.0, MASK_VALUE)
-        else:
-            scores = point("masked_scores", _bounded_masked_scores(scores, mask))
     weights = point("attention_weights", ops.softmax(scores, axis=-1))
     if mask is not None:
         # A fully masked row has a uniform softmax; multiplying by the mask zeroes it.

@@ -9,10 +9,11 @@ class ArgumentError(ValueError):
     """A bad argument or input, reported in one line that names it and its shape.
 
     Keras wraps exceptions raised inside ``call()`` in a multi-line report of every call
-    argument; it leaves alone exceptions marked as already reported, which this one is.
+    argument; it leaves alone exceptions marked as already reported, which this one is
+    (``private_api.CALL_INFO_INJECTED``).
     """
 
-    _keras_call_info_injected = True
+    _keras_call_info_injected = True  # private_api.CALL_INFO_INJECTED
 
 
 def check_rank(owner: str, argument: str, shape, rank: int) -> None:
@@ -38,10 +39,9 @@ def keras_mask_of(x):
     """The Keras mask attached to ``x`` (e.g. by ``Embedding(mask_zero=True)``), or ``None``."""
     if x is None:
         return None
-    # Keras stores it with a private accessor that works for every backend's tensors.
-    from keras.src.backend.common.masking import get_keras_mask
+    from keras_transformer import private_api
 
-    return get_keras_mask(x)
+    return private_api.keras_mask(x)
 
 
 def clone_initializer(initializer):

@@ -24,7 +24,8 @@ class TransformerLanguageModel(TransformerModelBase):
         vocabulary_size: number of token ids.
         sequence_length: maximum context length (and KV-cache size).
         num_layers: decoder layers.
-        tie_embeddings: logits from the token embedding (``x E^T``).
+        tie_output_embeddings: logits from the token embedding (``x E^T``); the same name
+            as ``Seq2SeqTransformer``'s (models saved with the old ``tie_embeddings`` load).
         **kwargs: the Transformer settings of ``TransformerModelBase``.
 
     Call arguments:
@@ -45,7 +46,7 @@ class TransformerLanguageModel(TransformerModelBase):
         vocabulary_size: int,
         sequence_length: int,
         num_layers: int = 2,
-        tie_embeddings: bool = True,
+        tie_output_embeddings: bool = True,
         normalize_first: bool = True,
         position_encoding: str = "rotary",
         activation: str = "gelu",
@@ -60,12 +61,12 @@ class TransformerLanguageModel(TransformerModelBase):
         self.vocabulary_size = vocabulary_size
         self.sequence_length = sequence_length
         self.num_layers = num_layers
-        self.tie_embeddings = tie_embeddings
+        self.tie_output_embeddings = tie_output_embeddings
         self.embedding = self._make_embedding(vocabulary_size, sequence_length, "embedding")
         self.decoder = TransformerDecoder(num_layers, **self._layer_kwargs(), name="decoder")
         self.output_head = TiedOrDenseLogits(
             vocabulary_size,
-            self.embedding.token_embedding if tie_embeddings else None,
+            self.embedding.token_embedding if tie_output_embeddings else None,
             name="output_head",
         )
 
@@ -111,7 +112,14 @@ class TransformerLanguageModel(TransformerModelBase):
                 "vocabulary_size": self.vocabulary_size,
                 "sequence_length": self.sequence_length,
                 "num_layers": self.num_layers,
-                "tie_embeddings": self.tie_embeddings,
+                "tie_output_embeddings": self.tie_output_embeddings,
             }
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if "tie_embeddings" in config:  # the argument's name before version 0.2
+            config["tie_output_embeddings"] = config.pop("tie_embeddings")
+        return super().from_config(config)

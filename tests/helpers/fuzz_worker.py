@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from keras_transformer_edge.runtime import cli
 from keras_transformer_edge.runtime.errors import BackendError, BundleError, InputError
-from keras_transformer_edge.runtime.tasks import TASKS
+from keras_transformer_edge.runtime.kinds import TASKS
 
 PROJECT_ERRORS = (BundleError, InputError, BackendError)
 

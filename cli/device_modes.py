@@ -20,20 +20,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
 from keras_transformer_edge.bundle import bundle_from_run, write_bundle
-from keras_transformer_edge.convert import MODES
+from keras_transformer_edge.modes import MODES
 from keras_transformer_edge.parity import ParityError, gate
 from keras_transformer_edge.run_data import first_batch, load_run, parity_report
 from keras_transformer_edge.runtime.bundle import load_bundle
 from keras_transformer_edge.runtime.errors import BundleError
-from keras_transformer_edge.runtime.translator import Translator as DeviceTranslator
+from keras_transformer_edge.runtime.translator import Translator
 from keras_transformer_pipelines import translation_recipe
 from keras_transformer_pipelines.metrics import bleu, chrf
 from keras_transformer_pipelines.tokenizers import END_ID
 
-DEVICE_MODES = (*MODES, "qat_int8")
+DEVICE_MODES = tuple(MODES)
 
 
 @dataclasses.dataclass
@@ -53,11 +52,11 @@ def without_end(tokens: Sequence[int], end_id: int = END_ID) -> list[int]:
 
 def keras_greedy(model, tokenizer, sources: Sequence[str]) -> GreedyResult:
     """Keras greedy decoding at its best: KV cache, one compiled graph, batch 1."""
-    translator = translation_recipe.Translator(model, tokenizer, beam_size=1, batch_size=1)
+    translator = translation_recipe.KerasTranslator(model, tokenizer, beam_size=1, batch_size=1)
     translator([sources[0]])  # trace the graph once, outside the timing
     ids, generated, began = [], 0, time.perf_counter()
     for source in sources:
-        row = translator._decode(tf.constant(translator.ids([source]))).numpy()[0]
+        row = translator.translate_ids(translator.ids([source]))[0]
         tokens = [int(t) for t in row if t != 0]
         generated += len(tokens)
         ids.append(tokens)
@@ -68,7 +67,7 @@ def keras_greedy(model, tokenizer, sources: Sequence[str]) -> GreedyResult:
 
 def device_greedy(bundle: str | Path, sources: Sequence[str], threads: int = 1) -> GreedyResult:
     """Greedy translations in the runtime; ``decode_p50_ms`` is over every step they ran."""
-    translator = DeviceTranslator.from_bundle(bundle, num_threads=threads, record_timings=True)
+    translator = Translator.from_bundle(bundle, num_threads=threads, record_timings=True)
     translator.translate(sources[0], beam_size=1)  # first inference outside the timing
     translator.model.timings.clear()
     ids, generated, began = [], 0, time.perf_counter()
@@ -108,29 +107,19 @@ def qat_bundle_from_run(
         convert_quantization_aware,
         quantization_aware_training,
     )
-    from keras_transformer_pipelines.translation_data import translation_dataset
 
     original, trainee = load_run(run_dir, beam_size=1), load_run(run_dir, beam_size=1)
-    recipe, tokenizer = original.recipe, original.tokenizer
-    if recipe.task != "translation":
-        raise ValueError(f"qat_int8 bundles are made for translation runs, not {recipe.task}")
-    train = translation_dataset(
-        translation_recipe.read_pairs(translation_recipe.split_paths(recipe)["train"], False),
-        tokenizer,
-        original.model.encoder_sequence_length,
-        original.model.decoder_sequence_length,
-        max_tokens=recipe.data.max_tokens,
-        shuffle=True,
-        seed=recipe.training.seed,
-    )
+    if original.recipe.task != "translation":
+        raise ValueError(
+            f"qat_int8 bundles are made for translation runs, not {original.recipe.task}"
+        )
+    train = original.finished.training_batches()
     began = time.perf_counter()
     qat, history = quantization_aware_training(trainee.model, train, steps)
     trained = time.perf_counter() - began
-    calibration = [first_batch(recipe, original.model, tokenizer, "train", 64, shuffle=True)]
+    calibration = [first_batch(original, "train", 64, shuffle=True)]
     flatbuffer = convert_quantization_aware(qat, calibration)
-    report = parity_report(
-        recipe, original.model, tokenizer, original.tokenizer_file, flatbuffer, parity_examples
-    )
+    report = parity_report(original, flatbuffer, parity_examples)
     losses = history.history["loss"]
     figures = {
         "qat_steps": steps,

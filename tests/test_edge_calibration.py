@@ -13,7 +13,7 @@ from keras_transformer.models import (  # noqa: E402
     TokenClassifier,
     TransformerLanguageModel,
 )
-from keras_transformer_edge import parity, quantize  # noqa: E402
+from keras_transformer_edge import calibration, parity  # noqa: E402
 from keras_transformer_edge.convert import (  # noqa: E402
     ConversionError,
     calibration_samples,
@@ -107,7 +107,7 @@ def test_full_int8_report_ranks_the_attention_scores_a_large_mask_destroys(rever
     types = _tensor_types(full)
     int8 = [name for name, kind in types.items() if kind == "INT8" and "feedforward" in name]
     assert int8, "the feed-forward activations are int8"
-    report = quantize.layer_error_report(saved, samples)
+    report = calibration.layer_error_report(saved, samples)
     assert {layer.signature for layer in report} == {"encode", "decode"}
     errors = [layer.relative_error for layer in report]
     assert errors == sorted(errors, reverse=True)
@@ -120,10 +120,10 @@ def test_full_int8_report_ranks_the_attention_scores_a_large_mask_destroys(rever
 
 def test_float_fallback_keeps_the_chosen_ops_in_float(reversal_export):
     _, endpoints, saved, _, samples = reversal_export
-    report = quantize.layer_error_report(saved, samples)
-    chosen = quantize.select_fallback(report, count=3)
+    report = calibration.layer_error_report(saved, samples)
+    chosen = calibration.select_fallback(report, count=3)
     assert len(chosen) == 3 and chosen == [layer.tensor for layer in report[:3]]
-    assert quantize.select_fallback(report, threshold=10.0) == []
+    assert calibration.select_fallback(report, threshold=10.0) == []
     types = _tensor_types(convert_saved_model(saved, endpoints, "full_int8", samples, chosen))
     assert all(types[name] == "FLOAT32" for name in chosen)
     plain = _tensor_types(convert_saved_model(saved, endpoints, "full_int8", samples))

@@ -14,7 +14,6 @@ model keeps all signatures in one file with the worst layers left in float.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import logging
 import math
@@ -27,47 +26,31 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from keras_transformer_edge.runtime.signatures import position
+from keras_transformer.layers.quantization_points import bounded_scores
+from keras_transformer_edge import private_api
+from keras_transformer_edge.runners import lite_model
+from keras_transformer_edge.runtime.steps import (
+    LanguageModelSteps,
+    Recording,
+    Seq2SeqSteps,
+    teacher_forced_logits,
+)
 
 Samples = dict[str, list[dict[str, np.ndarray]]]  # signature name -> its input dicts
 
 log = logging.getLogger(__name__)
 
 
-@contextlib.contextmanager
 def bounded_attention(model):
-    """Inside, every attention layer of ``model`` bounds its masked scores to
-    ``[QUANTIZED_MASK_VALUE, 0]`` (keras_transformer.layers.quantization_points).
+    """A context inside which every attention layer of ``model`` bounds its masked scores to
+    ``[QUANTIZED_MASK_VALUE, 0]`` (``keras_transformer.layers.quantization_points``).
 
     Without it the scores carry the -1e9 mask value, and a full-int8 scores tensor calibrated
     on them has a step of about 4e6: every real score rounds to the same value and attention
     goes uniform (BLEU 28.6 -> 3.7 on the en-fr model). Bounded, the float model computes
-    the same weights to within e^-8 of each masked key's share. Attaching an identity point
-    is what turns the bound on; nothing is fake-quantized.
+    the same weights to within e^-8 of each masked key's share.
     """
-    layers = [
-        layer
-        for layer in model._flatten_layers()  # every nested layer, as Keras walks them
-        if "masked_scores" in getattr(layer, "QUANTIZATION_POINTS", ())
-    ]
-    saved = [layer.quantization_points for layer in layers]
-    for layer in layers:
-        layer.quantization_points = {**(layer.quantization_points or {}), "_bound": _identity}
-    try:
-        yield model
-    finally:
-        for layer, points in zip(layers, saved, strict=True):
-            layer.quantization_points = points
-
-
-def _identity(x):
-    return x
-
-
-def _interpreter(flatbuffer: bytes):
-    from ai_edge_litert.interpreter import Interpreter
-
-    return Interpreter(model_content=flatbuffer)
+    return bounded_scores(model)
 
 
 def _pad(ids, length: int) -> np.ndarray:
@@ -93,74 +76,44 @@ def _rows(batches: Iterable, limit: int) -> Iterator:
             yield row
 
 
-def _cache_spec(runner) -> np.ndarray:
-    spec = runner.get_input_details()["cache"]
-    return np.zeros(spec["shape"], spec["dtype"])
-
-
-def _decode_step(token: int, cache: np.ndarray, index: int, **inputs) -> dict[str, np.ndarray]:
-    """One ``decode`` signature's inputs (``inputs``: the encoder's outputs, if any)."""
-    return {
-        "token": np.array([[token]], np.int32),
-        "cache": cache,
-        "index": position(index),
-        **inputs,
-    }
-
-
 def seq2seq_samples(float_flatbuffer: bytes, batches: Iterable, limit: int = 64) -> Samples:
     """``encode`` and ``decode`` inputs from ``limit`` pipeline examples.
 
     ``batches`` yields ``{"encoder_token_ids", "decoder_token_ids"}`` (as the translation
-    pipeline does, with or without labels); every target position becomes a decode sample.
+    pipeline does, with or without labels); every target position becomes a decode sample, fed
+    through the runtime's own step driver (``runtime/steps.py``) on the float model.
     """
-    interpreter = _interpreter(float_flatbuffer)
-    encode = interpreter.get_signature_runner("encode")
-    decode = interpreter.get_signature_runner("decode")
-    source_length = encode.get_input_details()["source_ids"]["shape"][1]
-    max_length = decode.get_input_details()["cache"]["shape"][-2]
     samples: Samples = {"encode": [], "decode": []}
-    for row in _rows(batches, limit):
-        source = _pad(row["encoder_token_ids"], source_length)
-        samples["encode"].append({"source_ids": source})
-        encoded = encode(source_ids=source)
-        cache = _cache_spec(decode)
-        target = [int(t) for t in row["decoder_token_ids"] if t != 0][:max_length]
-        for index, token in enumerate(target):
-            step = _decode_step(token, cache, index, **encoded)
-            samples["decode"].append(step)
-            cache = decode(**step)["cache"]
-    if "decode_beam" in interpreter.get_signature_list():
-        # Every beam row calibrated on a real step: each decode sample repeated per row.
-        rows = interpreter.get_signature_runner("decode_beam").get_input_details()["token"]
-        samples["decode_beam"] = [
-            {
-                name: value if name == "index" else np.repeat(value, rows["shape"][0], axis=0)
-                for name, value in step.items()
-            }
-            for step in samples["decode"]
-        ]
+    with lite_model(float_flatbuffer) as model:
+        recorder = Recording(model, samples)
+        source_length = model.input_spec("encode", "source_ids")[0][1]
+        max_length = model.input_spec("decode", "cache")[0][-2]
+        for row in _rows(batches, limit):
+            steps = Seq2SeqSteps(recorder, _pad(row["encoder_token_ids"], source_length))
+            target = [int(t) for t in row["decoder_token_ids"] if t != 0][:max_length]
+            teacher_forced_logits(steps, target)
+        if "decode_beam" in model.signatures:
+            # Every beam row calibrated on a real step: each decode sample repeated per row.
+            rows = model.input_spec("decode_beam", "token")[0][0]
+            samples["decode_beam"] = [
+                {
+                    name: value if name == "index" else np.repeat(value, rows, axis=0)
+                    for name, value in step.items()
+                }
+                for step in samples["decode"]
+            ]
     return samples
 
 
 def language_model_samples(float_flatbuffer: bytes, batches: Iterable, limit: int = 64) -> Samples:
     """``prefill`` inputs (each sequence's first tokens) and ``decode`` inputs (the rest)."""
-    interpreter = _interpreter(float_flatbuffer)
-    prefill = interpreter.get_signature_runner("prefill")
-    decode = interpreter.get_signature_runner("decode")
-    prompt_length = prefill.get_input_details()["tokens"]["shape"][1]
-    max_length = decode.get_input_details()["cache"]["shape"][-2]
     samples: Samples = {"prefill": [], "decode": []}
-    for row in _rows(batches, limit):
-        tokens = [int(t) for t in np.asarray(row).reshape(-1) if t != 0][:max_length]
-        prompt = _pad(tokens[:prompt_length], prompt_length)
-        step = {"tokens": prompt, "cache": _cache_spec(prefill)}
-        samples["prefill"].append(step)
-        cache = prefill(**step)["cache"]
-        for index in range(prompt_length, len(tokens)):
-            step = _decode_step(tokens[index], cache, index)
-            samples["decode"].append(step)
-            cache = decode(**step)["cache"]
+    with lite_model(float_flatbuffer) as model:
+        recorder = Recording(model, samples)
+        max_length = model.input_spec("decode", "cache")[0][-2]
+        for row in _rows(batches, limit):
+            tokens = [int(t) for t in np.asarray(row).reshape(-1) if t != 0][:max_length]
+            LanguageModelSteps(recorder).prefill(tokens)
     return samples
 
 
@@ -229,7 +182,7 @@ def _debugger(converter, samples: Samples, signature: str, denylisted_nodes=(), 
             denylisted_ops=list(denylisted_ops),
         ),
     )
-    debugger._data_gen = _ordered(samples, signature, debugger._quant_interpreter)
+    private_api.set_debugger_samples(debugger, lambda inner: _ordered(samples, signature, inner))
     return debugger
 
 
@@ -266,7 +219,7 @@ def layer_error_report(saved_model: str | Path, samples: Samples) -> list[LayerE
         # float and quantized outputs can be compared directly (relative error).
         debugger = tf.lite.experimental.QuantizationDebugger(
             quant_debug_model_content=quantizer.quant_model,
-            debug_dataset=quantizer._data_gen,
+            debug_dataset=private_api.debugger_samples(quantizer),
             debug_options=tf.lite.experimental.QuantizationDebugOptions(
                 layer_debug_metrics={"max_abs_error": _max_abs},
                 layer_direct_compare_metrics={
