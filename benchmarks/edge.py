@@ -55,7 +55,7 @@ import tensorflow as tf  # noqa: E402
 from keras_transformer_cli.device_modes import compare_modes, keras_greedy  # noqa: E402
 from keras_transformer_edge.convert import convert, seq2seq_endpoints  # noqa: E402
 from keras_transformer_edge.runtime.interpreter import LiteModel  # noqa: E402
-from keras_transformer_edge.runtime.signatures import position  # noqa: E402
+from keras_transformer_edge.runtime.steps import Seq2SeqSteps  # noqa: E402
 from keras_transformer_edge.runtime.translator import Translator  # noqa: E402
 from keras_transformer_pipelines import translation_recipe  # noqa: E402
 from keras_transformer_pipelines.config import load_recipe  # noqa: E402
@@ -64,7 +64,6 @@ from keras_transformer_pipelines.runs import run_recipe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 NEW_TOKENS = 64
-START_ID = 1
 
 
 def trained_run(run: Path, train_seconds: float) -> Path:
@@ -113,28 +112,23 @@ def recompute_endpoints(model):
     }
 
 
-def _greedy_cached(model: LiteModel, source_ids: np.ndarray) -> list[int]:
-    """``NEW_TOKENS`` greedy tokens, one cached ``decode`` step each (end token ignored)."""
-    encoded = model.run("encode", source_ids=source_ids)
-    cache, token, tokens = np.zeros(*model.input_spec("decode", "cache")), START_ID, []
+def _greedy_cached(model: LiteModel, source_ids: np.ndarray, start_id: int) -> list[int]:
+    """``NEW_TOKENS`` greedy tokens, one cached ``decode`` step each (end token ignored),
+    through the runtime's own step driver."""
+    steps, token, tokens = Seq2SeqSteps(model, source_ids), start_id, []
     for index in range(NEW_TOKENS):
-        out = model.run(
-            "decode",
-            token=np.array([[token]], np.int32),
-            cache=cache,
-            index=position(index),
-            **encoded,
-        )
-        cache, token = out["cache"], int(out["logits"][0, -1].argmax())
+        token = int(steps.feed(np.array([token], np.int32), index)[0].argmax())
         tokens.append(token)
     return tokens
 
 
-def _greedy_recompute(model: LiteModel, source_ids: np.ndarray, length: int) -> list[int]:
+def _greedy_recompute(
+    model: LiteModel, source_ids: np.ndarray, length: int, start_id: int
+) -> list[int]:
     """The same tokens, re-running the whole decoder on the prefix for each of them."""
     encoded = model.run("encode", source_ids=source_ids)
     prefix, tokens = np.zeros((1, length), np.int32), []
-    prefix[0, 0] = START_ID
+    prefix[0, 0] = start_id
     for index in range(NEW_TOKENS):
         logits = model.run("decode_all", decoder_ids=prefix, **encoded)["logits"]
         tokens.append(int(logits[0, index].argmax()))
@@ -150,7 +144,9 @@ def _tokens_per_s(run) -> tuple[float, list[int]]:
     return 3 * NEW_TOKENS / (time.perf_counter() - began), tokens
 
 
-def cached_vs_recompute(model, cached_bundle: Path, mode: str, source_ids: np.ndarray) -> dict:
+def cached_vs_recompute(
+    model, cached_bundle: Path, mode: str, source_ids: np.ndarray, start_id: int
+) -> dict:
     """Tokens/s for ``NEW_TOKENS`` greedy tokens: cached steps vs the re-run decoder, both
     converted in ``mode``, each with its faster thread count (1 or 2: one-token steps lose to
     thread handoffs, the 64-token decoder gains from a second core)."""
@@ -164,8 +160,11 @@ def cached_vs_recompute(model, cached_bundle: Path, mode: str, source_ids: np.nd
             cached = LiteModel(cached_bundle / "model.tflite", threads)
             recompute = LiteModel(file.name, threads)
             for name, run in (
-                ("cached", functools.partial(_greedy_cached, cached, source_ids)),
-                ("recompute", functools.partial(_greedy_recompute, recompute, source_ids, length)),
+                ("cached", functools.partial(_greedy_cached, cached, source_ids, start_id)),
+                (
+                    "recompute",
+                    functools.partial(_greedy_recompute, recompute, source_ids, length, start_id),
+                ),
             ):
                 speed, tokens[name] = _tokens_per_s(run)
                 best[name] = max(best[name], (speed, threads))
@@ -218,13 +217,15 @@ def main() -> None:
     bundles = {mode: Path(entry["bundle"]) for mode, entry in modes.items() if "bundle" in entry}
 
     first = next(iter(bundles))
-    source_ids = Translator.from_bundle(bundles[first]).source_ids(sources[0])
+    translator = Translator.from_bundle(bundles[first])  # the manifest's special ids
+    source_ids = translator.source_ids(sources[0])
     padded = np.zeros((1, model.encoder_sequence_length), np.int32)
     padded[0, : len(source_ids)] = source_ids
     # Both speed ratios for the float model and for the int8 model one ships (when built).
     speed_modes = [mode for mode in ("fp32", "dynamic_int8") if mode in bundles] or [first]
     recompute = {
-        mode: cached_vs_recompute(model, bundles[mode], mode, padded) for mode in speed_modes
+        mode: cached_vs_recompute(model, bundles[mode], mode, padded, translator.start_id)
+        for mode in speed_modes
     }
     versus_keras = {
         mode: round(modes[mode]["tokens_per_s"] / keras.tokens_per_s, 2) for mode in bundles

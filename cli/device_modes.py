@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_transformer_edge.bundle import bundle_from_run, write_bundle
+from keras_transformer.errors import InputProblem
+from keras_transformer_edge.bundle import bundle_from_run, qat_bundle_from_run
 from keras_transformer_edge.modes import MODES
-from keras_transformer_edge.parity import ParityError, gate
-from keras_transformer_edge.run_data import first_batch, load_run, parity_report
+from keras_transformer_edge.parity import ParityError
 from keras_transformer_edge.runtime.bundle import load_bundle
 from keras_transformer_edge.runtime.errors import BundleError
 from keras_transformer_edge.runtime.translator import Translator
@@ -94,54 +94,6 @@ def top1_agreement(reference: list[list[int]], candidate: list[list[int]]) -> fl
     return same / max(total, 1)
 
 
-def qat_bundle_from_run(
-    run_dir: str | Path, output: str | Path, steps: int, parity_examples: int = 256
-) -> dict:
-    """Quantization-aware fine-tuning for ``steps`` on the run's training batches, then a
-    full-int8 TFLite, parity-gated against the run's own Keras fp32 model, bundled.
-
-    Translation runs only (``encode``/``decode``; no ``decode_beam``). Returns the fine-tune's
-    figures: steps, seconds, mean loss over its first and last 50 steps.
-    """
-    from keras_transformer_edge.optimize import (
-        convert_quantization_aware,
-        quantization_aware_training,
-    )
-
-    original, trainee = load_run(run_dir, beam_size=1), load_run(run_dir, beam_size=1)
-    if original.recipe.task != "translation":
-        raise ValueError(
-            f"qat_int8 bundles are made for translation runs, not {original.recipe.task}"
-        )
-    train = original.finished.training_batches()
-    began = time.perf_counter()
-    qat, history = quantization_aware_training(trainee.model, train, steps)
-    trained = time.perf_counter() - began
-    calibration = [first_batch(original, "train", 64, shuffle=True)]
-    flatbuffer = convert_quantization_aware(qat, calibration)
-    report = parity_report(original, flatbuffer, parity_examples)
-    losses = history.history["loss"]
-    figures = {
-        "qat_steps": steps,
-        "qat_seconds": round(trained, 1),
-        "qat_loss_first_last": [
-            round(float(np.mean(part)), 4) for part in (losses[:50], losses[-50:])
-        ],
-    }
-    write_bundle(
-        output,
-        flatbuffer,
-        kind=original.kind,
-        tokenizer_directory=original.tokenizer_file.parent,
-        quantization="qat_int8",
-        vocabulary_size=original.vocabulary_size,
-        max_lengths=original.lengths,
-        decoding={**original.decoding, "beam_size": 1},
-        extra={"parity": gate(report, "full_int8"), **figures},
-    )
-    return figures
-
-
 def existing_bundle(path: Path, mode: str) -> bool:
     """Whether ``path`` holds a bundle of ``mode`` that passes the runtime's checks."""
     try:
@@ -182,7 +134,7 @@ def compare_modes(
     """
     unknown = [mode for mode in modes if mode not in DEVICE_MODES]
     if unknown:
-        raise ValueError(f"unknown mode(s) {unknown}; choose from {list(DEVICE_MODES)}")
+        raise InputProblem(f"unknown mode(s) {unknown}; choose from {list(DEVICE_MODES)}")
     keras_bleu = bleu(keras.texts, references)
     results: dict[str, dict] = {}
     for mode in modes:

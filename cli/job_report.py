@@ -34,7 +34,8 @@ def format_report(figures: dict) -> str:
     beam, greedy = keras["beam"], keras["greedy"]
     bench = device["bench"]
     lines = [
-        f"# keras-transformer main job: English -> French ({figures['output']})",
+        f"# keras-transformer main job: {figures.get('languages', 'translation')} "
+        f"({figures['output']})",
         "",
         f"- corpus: {corpus['source']}, {pairs.get('train', 0):,} train / "
         f"{pairs.get('valid', 0):,} valid / {pairs.get('test', 0):,} test pairs"

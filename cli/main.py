@@ -13,12 +13,12 @@ from collections.abc import Sequence
 from importlib import import_module
 from pathlib import Path
 
+from keras_transformer.errors import ExitCode
+
 PROG = "keras-transformer"
 PIPELINES = "keras_transformer_pipelines.cli"
 EDGE = "keras_transformer_edge.cli"
 RUNTIME = "keras_transformer_edge.runtime.cli"
-EXIT_MISSING_DEPENDENCY = 1
-EXIT_USAGE = 2
 
 # name -> (module whose ``run(argv, prog)`` serves it, what it does); in the order of the road.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -88,16 +88,16 @@ def run(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
-        return 0 if argv else EXIT_USAGE
+        return ExitCode.DONE if argv else ExitCode.BAD_INPUT
     if argv[0] == "--version":
         from importlib.metadata import version
 
         print(f"{PROG} {version('keras-transformer')}")
-        return 0
+        return ExitCode.DONE
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         print(f"error: unknown command {command!r}; one of: {', '.join(COMMANDS)}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.BAD_INPUT
     module_name = COMMANDS[command][0] or _translate_module(rest)
     try:
         module = import_module(module_name)
@@ -108,7 +108,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             f"pip install 'keras-transformer[{extra}]'",
             file=sys.stderr,
         )
-        return EXIT_MISSING_DEPENDENCY
+        return ExitCode.FAILED  # a missing dependency
     # The main job has no subcommand of its own; the others are their package's subcommand.
     forwarded = rest if module_name.endswith("main_job") else [command, *rest]
     return module.run(forwarded, prog=PROG)

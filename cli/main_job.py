@@ -1,11 +1,14 @@
-"""The main job: English -> French from text to device, end to end, on this machine.
+"""The main job: a translator from text to device, end to end, on this machine.
+
+English -> French with the default recipe; the report names the recipe's languages.
 
     keras-transformer run [--output runs/main] [--train-minutes 10] [--modes ...] [--fresh]
 
 Six stages, each reusing what an earlier run of the job already built (``--redo STAGE`` re-runs
 one stage and those after it, ``--fresh`` starts over):
 
-1. corpus: English/French pairs from this machine's gettext catalogs (offline), split.
+1. corpus: the recipe's pairs; by default English/French from this machine's gettext catalogs
+   (offline), split.
 2. train: the recipe's translation model with ``fit`` for ``--train-minutes`` (resumes a
    killed run from its last checkpoint).
 3. evaluate: BLEU and chrF of the Keras model on the test split (beam search, as the recipe
@@ -31,6 +34,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from keras_transformer.errors import ExitCode, ProjectError, report_error  # noqa: E402
 from keras_transformer_edge.modes import MAIN_JOB_MODES  # noqa: E402  (dataclasses only)
 from keras_transformer_pipelines import files  # noqa: E402  (the standard library only)
 
@@ -42,11 +46,10 @@ EXAMPLES = (
     "Could not save the document to the selected folder.",
 )
 ATTENTION_SENTENCE = "Could not open the file."
-EXIT_FAILED, EXIT_USAGE = 1, 2
 
 
-class JobError(Exception):
-    """A job that cannot go on; the message is one line."""
+class JobError(ProjectError):
+    """A job that cannot go on; the message is one line (exit code 1)."""
 
 
 def _parser(prog: str | None) -> argparse.ArgumentParser:
@@ -142,6 +145,13 @@ class MainJob:
             shutil.rmtree(self.output / "bundles", ignore_errors=True)
         if "device" in later:
             (self.output / "device.json").unlink(missing_ok=True)
+
+    def languages(self) -> str:
+        """``"English -> French"`` for a gettext corpus, else the training file's name."""
+        from keras_transformer_pipelines.gettext_corpus import language_pair
+
+        pair = language_pair(self.recipe.data.corpus)
+        return " -> ".join(pair) if pair else f"translation of {self.recipe.data.train}"
 
     # --- stages ---------------------------------------------------------------------------
     def corpus(self) -> dict:
@@ -323,7 +333,8 @@ def main_job(args: argparse.Namespace) -> dict:
     def stage(number: int, name: str, text: str):
         log(f"[{number}/{len(STAGES)}] {name}: {text}  ({time.perf_counter() - began:.0f} s)")
 
-    stage(1, "corpus", "the offline English/French corpus")
+    figures["languages"] = job.languages()
+    stage(1, "corpus", f"{figures['languages']} pairs")
     figures["corpus"] = job.corpus()
     minutes = f"{args.train_minutes:g} minutes" if args.train_minutes else "the recipe's steps"
     stage(2, "train", f"the translation model with fit, {minutes}")
@@ -348,12 +359,8 @@ def main_job(args: argparse.Namespace) -> dict:
 def run(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the main job's command line; returns the exit code."""
     args = _parser(prog).parse_args(argv)
-    from keras_transformer_edge.runtime.errors import BundleError
-    from keras_transformer_pipelines.config import ConfigError
-
     try:
         main_job(args)
-    except (JobError, ConfigError, FileNotFoundError, ValueError, BundleError) as error:
-        print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(error, (ConfigError, FileNotFoundError)) else EXIT_FAILED
-    return 0
+    except (ProjectError, OSError) as error:  # ours, or the system's; others: a bug
+        return report_error(error)
+    return ExitCode.DONE

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 from collections.abc import Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # the parity gate needs TensorFlow; writing a bundle alone does not
     from keras_transformer_edge.parity import Tolerance
 
+from keras_transformer.errors import InputProblem, MissingInput
 from keras_transformer_edge.runtime.bundle import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -46,10 +48,10 @@ def sentencepiece_model(tokenizer_directory: str | Path) -> Path:
     directory = Path(tokenizer_directory)
     config = directory / "tokenizer.json"
     if not config.is_file():
-        raise FileNotFoundError(f"{config}: missing; not a saved tokenizer folder")
+        raise MissingInput(f"{config}: missing; not a saved tokenizer folder")
     kind = json.loads(config.read_text(encoding="utf-8")).get("kind")
     if kind != "sentencepiece":
-        raise ValueError(
+        raise InputProblem(
             f"{directory}: a {kind!r} tokenizer; bundles need a sentencepiece tokenizer, the only "
             "one the device runtime has (set tokenizer.kind: sentencepiece in the recipe)"
         )
@@ -91,19 +93,21 @@ def _check_sizes(
     if kind in ("seq2seq", "language_model"):
         from_logits = signatures["decode"]["outputs"]["logits"]["shape"][-1]
         if vocabulary_size not in (None, from_logits):
-            raise ValueError(f"vocabulary_size {vocabulary_size}, the model's logits {from_logits}")
+            raise InputProblem(
+                f"vocabulary_size {vocabulary_size}, the model's logits {from_logits}"
+            )
         vocabulary_size = from_logits
         if labels is not None:
-            raise ValueError(f"a {kind} bundle has no labels")
+            raise InputProblem(f"a {kind} bundle has no labels")
     else:
         if vocabulary_size is None:
-            raise ValueError(f"a {kind} bundle needs vocabulary_size (its logits are labels)")
+            raise InputProblem(f"a {kind} bundle needs vocabulary_size (its logits are labels)")
         signature = "classify" if kind == "classifier" else "tag"
         classes = signatures[signature]["outputs"]["logits"]["shape"][-1]
         if labels is not None and len(labels) != classes:
-            raise ValueError(f"{len(labels)} labels for a model with {classes} outputs")
+            raise InputProblem(f"{len(labels)} labels for a model with {classes} outputs")
     if tokenizer.vocabulary_size != vocabulary_size:
-        raise ValueError(
+        raise InputProblem(
             f"the tokenizer has {tokenizer.vocabulary_size} pieces, the model's vocabulary "
             f"{vocabulary_size}: not the run's tokenizer"
         )
@@ -140,7 +144,7 @@ def write_bundle(
         decoding: generation defaults, e.g. ``{"beam_size": 4, "length_penalty": 0.6}``.
     """
     if kind not in KINDS:
-        raise ValueError(f"unknown bundle kind {kind!r}; known: {', '.join(KINDS)}")
+        raise InputProblem(f"unknown bundle kind {kind!r}; known: {', '.join(KINDS)}")
     directory = Path(directory)
     tokenizer_file = sentencepiece_model(tokenizer_directory)
     # Built beside the destination, checked, then renamed into place as a whole.
@@ -151,7 +155,7 @@ def write_bundle(
             signatures = LiteModel(scratch / MODEL_FILE, xnnpack=False).signatures
         missing = [name for name in KINDS[kind][0] if name not in signatures]
         if missing:
-            raise ValueError(f"a {kind} bundle needs the signatures {missing}")
+            raise InputProblem(f"a {kind} bundle needs the signatures {missing}")
         tokenizer = SentencePieceBPE.load(scratch / TOKENIZER_FILE)
         special = {
             "pad": tokenizer.pad_id,
@@ -160,7 +164,7 @@ def write_bundle(
             "unk": tokenizer.unk_id,
         }
         if min(special.values()) < 0:
-            raise ValueError(f"{tokenizer_file}: special tokens missing: {special}")
+            raise InputProblem(f"{tokenizer_file}: special tokens missing: {special}")
         # What the manifest says of the model, recorded inside the model file too: a
         # re-sealed manifest cannot change it or pair the model with another tokenizer.
         facts = {
@@ -269,3 +273,53 @@ def bundle_from_run(
         decoding=run.decoding,
         extra=extra,
     )
+
+
+def qat_bundle_from_run(
+    run_dir: str | Path, output: str | Path, steps: int, parity_examples: int = 256
+) -> dict:
+    """Quantization-aware fine-tuning for ``steps`` on the run's training batches, then a
+    full-int8 TFLite, parity-gated against the run's own Keras fp32 model, bundled.
+
+    Translation runs only (``encode``/``decode``; no ``decode_beam``). Returns the fine-tune's
+    figures: steps, seconds, mean loss over its first and last 50 steps.
+    """
+    from keras_transformer_edge.optimize import (
+        convert_quantization_aware,
+        quantization_aware_training,
+    )
+    from keras_transformer_edge.parity import gate
+    from keras_transformer_edge.run_data import first_batch, load_run, parity_report
+
+    original, trainee = load_run(run_dir, beam_size=1), load_run(run_dir, beam_size=1)
+    if original.recipe.task != "translation":
+        raise InputProblem(
+            f"qat_int8 bundles are made for translation runs, not {original.recipe.task}"
+        )
+    train = original.finished.training_batches()
+    began = time.perf_counter()
+    qat, history = quantization_aware_training(trainee.model, train, steps)
+    trained = time.perf_counter() - began
+    calibration = [first_batch(original, "train", 64, shuffle=True)]
+    flatbuffer = convert_quantization_aware(qat, calibration)
+    report = parity_report(original, flatbuffer, parity_examples)
+    losses = history.history["loss"]
+    figures = {
+        "qat_steps": steps,
+        "qat_seconds": round(trained, 1),
+        "qat_loss_first_last": [
+            round(sum(part) / len(part), 4) for part in (losses[:50], losses[-50:])
+        ],
+    }
+    write_bundle(
+        output,
+        flatbuffer,
+        kind=original.kind,
+        tokenizer_directory=original.tokenizer_file.parent,
+        quantization="qat_int8",
+        vocabulary_size=original.vocabulary_size,
+        max_lengths=original.lengths,
+        decoding={**original.decoding, "beam_size": 1},
+        extra={"parity": gate(report, "full_int8"), **figures},
+    )
+    return figures

@@ -19,10 +19,10 @@ import json
 import sys
 from pathlib import Path
 
+from keras_transformer.errors import ExitCode, ProjectError, report_error
 from keras_transformer_edge.convert import ConversionError
 from keras_transformer_edge.modes import CONVERTER_MODES, MODES
 
-EXIT_PARITY, EXIT_INPUT = 1, 2
 # ``quantize``'s modes: every mode but fp32 (modes.py).
 QUANTIZED_MODES = tuple(mode for mode in MODES if mode != "fp32")
 
@@ -107,7 +107,7 @@ def _convert(args) -> dict:
             _layer_report(args.run, args.which), threshold=args.float_fallback_threshold
         )
     if args.mode == "qat_int8":
-        from keras_transformer_cli.device_modes import qat_bundle_from_run
+        from keras_transformer_edge.bundle import qat_bundle_from_run
 
         if args.which != "model" or args.beam or args.prefill:
             raise ConversionError("qat_int8 takes the final model, without --beam or --prefill")
@@ -170,8 +170,6 @@ def _pad_right(ids, count: int):
 def run(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the command line; returns the exit code. ``prog``: the name usage lines show."""
     args = _parser(prog).parse_args(argv)
-    from keras_transformer_edge.parity import ParityError
-
     try:
         if args.command in ("convert", "quantize"):
             result = _convert(args)
@@ -186,15 +184,11 @@ def run(argv: list[str] | None = None, prog: str | None = None) -> int:
                     f"{layer.relative_error:8.3f} {layer.rmse_over_scale:9.3f}  "
                     f"{layer.signature:8s} {layer.tensor}"
                 )
-            return 0
-    except ParityError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_PARITY
-    except (ConversionError, ValueError, FileNotFoundError, KeyError) as error:
-        print(f"error: {str(error).splitlines()[0] if str(error) else error!r}", file=sys.stderr)
-        return EXIT_INPUT
+            return ExitCode.DONE
+    except (ProjectError, OSError) as error:  # ours, or the system's; others: a bug
+        return report_error(error)
     print(json.dumps(result))
-    return 0
+    return ExitCode.DONE
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from keras_transformer.errors import InputProblem
 from keras_transformer.models import (
     Seq2SeqTransformer,
     SequenceClassifier,
@@ -56,7 +57,7 @@ def _position(index):
     return tf.reshape(index, ())
 
 
-class ConversionError(ValueError):
+class ConversionError(InputProblem):
     """A model that cannot be converted as asked; the message is one line and names the cause."""
 
 

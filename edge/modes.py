@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from keras_transformer.errors import InputProblem
+
 
 @dataclass(frozen=True)
 class Tolerance:
@@ -78,5 +80,5 @@ SHIP_PREFERENCE = tuple(
 def get_mode(name: str) -> Mode:
     """The mode called ``name``; a one-line ``ValueError`` naming the valid ones otherwise."""
     if name not in MODES:
-        raise ValueError(f"unknown mode {name!r}; valid modes: {', '.join(MODES)}")
+        raise InputProblem(f"unknown mode {name!r}; valid modes: {', '.join(MODES)}")
     return MODES[name]

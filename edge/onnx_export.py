@@ -89,7 +89,7 @@ def _dynamic_update_slice(ctx, node, name, args) -> None:
     operand, update, start = node.input
     operand_shape, update_shape = ctx.get_shape(operand), ctx.get_shape(update)
     if not operand_shape or not update_shape or -1 in operand_shape + update_shape:
-        raise ValueError(f"XlaDynamicUpdateSlice {name} needs static shapes")
+        raise ConversionError(f"XlaDynamicUpdateSlice {name} needs static shapes")
     covered = [u == o for u, o in zip(update_shape, operand_shape)]
     depth = max([0] + [axis + 1 for axis, full in enumerate(covered) if not full]) or 1
 
@@ -220,7 +220,7 @@ class OnnxSignature:
     def __call__(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
         missing = sorted(set(self.inputs) - set(feeds))
         if missing:
-            raise ValueError(f"missing inputs: {', '.join(missing)}")
+            raise ConversionError(f"missing inputs: {', '.join(missing)}")
         values = self.session.run(None, {name: np.asarray(feeds[name]) for name in self.inputs})
         return dict(zip(self.outputs.values(), values))
 

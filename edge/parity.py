@@ -17,6 +17,7 @@ from dataclasses import asdict
 import numpy as np
 import tensorflow as tf
 
+from keras_transformer.errors import ExitCode
 from keras_transformer_edge.convert import ConversionError
 from keras_transformer_edge.modes import Tolerance, get_mode
 from keras_transformer_edge.runners import lite_model
@@ -28,13 +29,14 @@ from keras_transformer_edge.runtime.steps import (
     teacher_forced_logits,
 )
 
-# The training tokenizers' ids (pipelines/tokenizers.py), for callers that pass none.
-DEFAULT_SPECIAL = {"pad": 0, "start": 1, "end": 2}
 IGNORED = -1  # labels the metrics skip (text_data.IGNORED)
 
 
 class ParityError(ConversionError):
-    """A converted model outside its tolerance; the message names what failed, in one line."""
+    """A converted model outside its tolerance; the message names what failed, in one line.
+    Exit code 1: the input was fine, the model failed its gate."""
+
+    exit_code = ExitCode.FAILED
 
 
 def _pad(ids: np.ndarray, length: int) -> np.ndarray:
@@ -88,16 +90,15 @@ def seq2seq_parity(
     batch,
     detokenize: Callable[[list[int]], str],
     references: list[str],
+    special: dict,
     max_length: int | None = None,
-    special: dict | None = None,
 ) -> dict:
     """Logit parity on ``batch`` (the translation pipeline's ``(inputs, labels)``) and the
     greedy BLEU of both models on its sources against ``references`` (one per row).
 
-    ``special``: the tokenizer's ``{"pad", "start", "end"}`` ids (default: the training
-    tokenizers' 0, 1, 2). The candidate runs in the device runtime's own step and search code.
+    ``special``: the tokenizer's ``{"pad", "start", "end"}`` ids. The candidate runs in the
+    device runtime's own step and search code.
     """
-    special = special or DEFAULT_SPECIAL
     from keras_transformer_pipelines.metrics import bleu
 
     inputs, labels = batch

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from keras_transformer_edge import parity
+from keras_transformer_edge.convert import ConversionError
 from keras_transformer_edge.runtime.sentencepiece_bpe import SentencePieceBPE
 from keras_transformer_pipelines.config import Recipe
 from keras_transformer_pipelines.runs import FinishedRun, load_finished_run
@@ -79,7 +80,9 @@ def load_run(
     )
     if kind == "seq2seq":
         if model.encoder_vocabulary_size != model.decoder_vocabulary_size:
-            raise ValueError("source and target vocabularies differ; bundles share one tokenizer")
+            raise ConversionError(
+                "source and target vocabularies differ; bundles share one tokenizer"
+            )
         beam_size = beam_size or recipe.decoding.beam_size
         return LoadedRun(
             **run,

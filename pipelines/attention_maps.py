@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from keras import ops
 
+from keras_transformer.errors import InputProblem
 from keras_transformer.models import (
     Seq2SeqTransformer,
     SequenceClassifier,
@@ -65,12 +66,12 @@ def _one_row(token_ids, argument: str) -> np.ndarray:
     if ids.ndim == 1:
         ids = ids[None]
     if ids.ndim != 2 or ids.shape[0] != 1 or ids.shape[1] == 0:
-        raise ValueError(
+        raise InputProblem(
             f"attention maps: `{argument}` must be the ids of ONE sequence, [length] or "
             f"[1, length], got shape {ids.shape}"
         )
     if not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"attention maps: `{argument}` must be integer ids, got {ids.dtype}")
+        raise InputProblem(f"attention maps: `{argument}` must be integer ids, got {ids.dtype}")
     return ids.astype("int32")
 
 
@@ -222,10 +223,10 @@ def attention_maps(
     """
     if isinstance(model, Seq2SeqTransformer):
         if target_ids is None:
-            raise ValueError("attention_maps: a Seq2SeqTransformer needs target_ids")
+            raise InputProblem("attention_maps: a Seq2SeqTransformer needs target_ids")
         return seq2seq_attention_maps(model, token_ids, target_ids, use_cache=use_cache, trim=trim)
     if target_ids is not None:
-        raise ValueError(f"attention_maps: {type(model).__name__} takes no target_ids")
+        raise InputProblem(f"attention_maps: {type(model).__name__} takes no target_ids")
     if isinstance(model, SequenceClassifier | TokenClassifier):
         return encoder_attention_maps(model, token_ids, trim=trim)
     if isinstance(model, TransformerLanguageModel):
@@ -267,13 +268,13 @@ def plot_attention_grid(
 
     weights = np.asarray(weights, "float32")
     if weights.ndim != 4:
-        raise ValueError(
+        raise InputProblem(
             f"plot_attention_grid: weights must be [layers, heads, queries, keys], got shape "
             f"{weights.shape}"
         )
     layers, heads, queries, keys = weights.shape
     if len(query_tokens) != queries or len(key_tokens) != keys:
-        raise ValueError(
+        raise InputProblem(
             f"plot_attention_grid: {len(query_tokens)} query tokens and {len(key_tokens)} key "
             f"tokens for weights of shape {weights.shape} ({title})"
         )
@@ -333,7 +334,7 @@ def plot_attention_maps(
     for kind, weights in maps.items():
         query_side, key_side = AXES.get(kind, ("input", "input"))
         if sequences[query_side] is None or sequences[key_side] is None:
-            raise ValueError(f"plot_attention_maps: {kind!r} needs target_tokens")
+            raise InputProblem(f"plot_attention_maps: {kind!r} needs target_tokens")
         paths.append(
             plot_attention_grid(
                 weights,

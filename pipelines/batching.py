@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 
+from keras_transformer.errors import InputProblem
+
 
 def bucket_boundaries(max_length: int, min_length: int = 8, step: float = 1.25) -> list[int]:
     """Geometric bucket upper bounds from ``min_length`` to ``max_length`` (inclusive).
@@ -20,7 +22,7 @@ def bucket_boundaries(max_length: int, min_length: int = 8, step: float = 1.25) 
     A step of 1.25 bounds padding within a bucket to about 20% of its length.
     """
     if max_length < 1 or min_length < 1:
-        raise ValueError(
+        raise InputProblem(
             f"lengths must be >= 1, got min_length={min_length}, max_length={max_length}"
         )
     bounds, length = [], float(min(min_length, max_length))
@@ -37,7 +39,7 @@ def batch_sizes_for(bounds: Sequence[int], max_tokens: int, multiple: int = 1) -
         size = max_tokens // bound
         size = max(multiple, size - size % multiple)
         if size * bound > max_tokens:
-            raise ValueError(
+            raise InputProblem(
                 f"max_tokens={max_tokens} cannot hold {multiple} example(s) of length {bound}"
             )
         sizes.append(size)

@@ -20,9 +20,9 @@ import json
 import sys
 from pathlib import Path
 
-from keras_transformer_pipelines.config import ConfigError, load_recipe, parse_override
+from keras_transformer.errors import ExitCode, ProjectError, report_error
+from keras_transformer_pipelines.config import load_recipe, parse_override
 
-EXIT_BAD_INPUT = 2
 TRANSLATION_ONLY = ("translate", "visualize")
 
 
@@ -89,16 +89,15 @@ def run(argv: list[str] | None = None, prog: str | None = None) -> int:
     try:
         overrides = dict(parse_override(text) for text in args.override)
         recipe = load_recipe(recipe_path(args.recipe), overrides)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except (ProjectError, OSError) as error:
+        return report_error(error)
     if args.command in TRANSLATION_ONLY and recipe.task != "translation":
         print(
             f"error: {args.command} is for translation recipes; {args.recipe} is a {recipe.task} "
             "recipe (use predict)",
             file=sys.stderr,
         )
-        return EXIT_BAD_INPUT
+        return ExitCode.BAD_INPUT
 
     # TensorFlow loads only once the recipe is known to be good: errors stay fast.
     from keras_transformer_pipelines import task_recipes, translation_recipe
@@ -121,10 +120,9 @@ def run(argv: list[str] | None = None, prog: str | None = None) -> int:
             translator = translation_recipe.translator_for(recipe, args.model)
             for text in translator(_input_lines(args.input)):
                 print(text)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    return 0
+    except (ProjectError, OSError) as error:  # ours, or the system's; others: a bug
+        return report_error(error)
+    return ExitCode.DONE
 
 
 def main() -> None:

@@ -28,8 +28,10 @@ from pathlib import Path
 
 import yaml
 
+from keras_transformer.errors import InputProblem
 
-class ConfigError(ValueError):
+
+class ConfigError(InputProblem):
     """A recipe that cannot be used; the message names the file and the key."""
 
 

@@ -12,9 +12,9 @@ import keras
 import keras_nlp
 from keras import ops, tree
 
+from keras_transformer.errors import InputProblem
 from keras_transformer.models import Seq2SeqTransformer, TransformerLanguageModel
-
-START_ID, END_ID, PAD_ID = 1, 2, 0
+from keras_transformer_pipelines.tokenizers import END_ID, PAD_ID, START_ID
 
 
 def seq2seq_step(model: Seq2SeqTransformer, source_ids):
@@ -66,7 +66,7 @@ def translate_ids(
     """
     max_length = max_length or model.decoder_sequence_length
     if max_length > model.decoder_sequence_length:
-        raise ValueError(
+        raise InputProblem(
             f"max_length={max_length} exceeds the decoder's length {model.decoder_sequence_length}"
         )
     next_fn, cache = seq2seq_step(model, source_ids)

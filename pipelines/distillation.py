@@ -14,6 +14,7 @@ import numbers
 import keras
 from keras import ops
 
+from keras_transformer.errors import InputProblem
 from keras_transformer_pipelines import private_api
 
 # Keras divides every loss by the number of replicas under a ``tf.distribute`` strategy (and
@@ -114,17 +115,17 @@ class Distiller(keras.Model):
         if isinstance(temperature, bool) or not (
             isinstance(temperature, numbers.Real) and math.isfinite(temperature) and temperature > 0
         ):
-            raise ValueError(
+            raise InputProblem(
                 f"Distiller: temperature must be a finite number > 0, got {temperature!r}"
             )
         if isinstance(alpha, bool) or not (isinstance(alpha, numbers.Real) and 0.0 <= alpha <= 1.0):
-            raise ValueError(f"Distiller: alpha must be a number in [0, 1], got {alpha!r}")
+            raise InputProblem(f"Distiller: alpha must be a number in [0, 1], got {alpha!r}")
         if padding_id is not None and (
             isinstance(padding_id, bool) or not isinstance(padding_id, numbers.Integral)
         ):
-            raise ValueError(f"Distiller: padding_id must be an int or None, got {padding_id!r}")
+            raise InputProblem(f"Distiller: padding_id must be an int or None, got {padding_id!r}")
         if student is teacher:
-            raise ValueError("Distiller: student and teacher must be different models")
+            raise InputProblem("Distiller: student and teacher must be different models")
         self.student = student
         self.teacher = teacher
         _freeze(teacher)
@@ -137,7 +138,7 @@ class Distiller(keras.Model):
     def compile(self, optimizer="rmsprop", loss=None, **kwargs) -> None:
         """``keras.Model.compile``; ``loss`` is the student's hard loss (needed if alpha > 0)."""
         if loss is None and self.alpha > 0:
-            raise ValueError(
+            raise InputProblem(
                 f"Distiller: alpha={self.alpha} > 0 needs the student's loss: compile(loss=...)"
             )
         super().compile(optimizer=optimizer, loss=loss, **kwargs)

@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 import keras
 import tensorflow as tf
 
+from keras_transformer.errors import InputProblem
 from keras_transformer_pipelines import private_api
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -53,9 +54,9 @@ def make_strategy(
             ``"auto"`` (ring without GPUs, TensorFlow's choice with them).
     """
     if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; valid names are {', '.join(STRATEGIES)}")
+        raise InputProblem(f"unknown strategy {name!r}; valid names are {', '.join(STRATEGIES)}")
     if devices is not None and name != "mirrored":
-        raise ValueError(f"devices apply to the 'mirrored' strategy only, not {name!r}")
+        raise InputProblem(f"devices apply to the 'mirrored' strategy only, not {name!r}")
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
@@ -68,7 +69,7 @@ def make_strategy(
         "auto": implementations.AUTO,
     }
     if communication not in choices:
-        raise ValueError(
+        raise InputProblem(
             f"communication must be one of {', '.join(choices)}, got {communication!r}"
         )
     if communication == "auto" and not tf.config.list_physical_devices("GPU"):
@@ -209,7 +210,7 @@ def _task_from_tf_config(required: bool) -> tuple[str, int] | None:
     raw = os.environ.get("TF_CONFIG")
     if not raw:
         if required:
-            raise ValueError(
+            raise InputProblem(
                 "the 'multi_worker' strategy needs the TF_CONFIG environment variable, e.g. "
                 '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", '
                 '"index": 0}}'
@@ -218,20 +219,20 @@ def _task_from_tf_config(required: bool) -> tuple[str, int] | None:
     try:
         config = json.loads(raw)
     except json.JSONDecodeError as error:
-        raise ValueError(f"TF_CONFIG is not valid JSON: {error}") from None
+        raise InputProblem(f"TF_CONFIG is not valid JSON: {error}") from None
     cluster = config.get("cluster") if isinstance(config, dict) else None
     task = config.get("task") if isinstance(config, dict) else None
     if not isinstance(cluster, dict) or not isinstance(task, dict):
-        raise ValueError(f"TF_CONFIG needs a 'cluster' and a 'task' object, got {raw!r}")
+        raise InputProblem(f"TF_CONFIG needs a 'cluster' and a 'task' object, got {raw!r}")
     task_type, task_index = task.get("type"), task.get("index")
     members = cluster.get(task_type) if isinstance(task_type, str) else None
     if not isinstance(members, list) or not isinstance(task_index, int):
-        raise ValueError(
+        raise InputProblem(
             f"TF_CONFIG task {task!r} must name a job of its cluster ({', '.join(cluster)}) "
             "and an integer index"
         )
     if not 0 <= task_index < len(members):
-        raise ValueError(
+        raise InputProblem(
             f"TF_CONFIG task index {task_index} is out of range for the {len(members)} "
             f"{task_type!r} task(s) of the cluster"
         )

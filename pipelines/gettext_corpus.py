@@ -27,6 +27,34 @@ from keras_transformer_pipelines import files, private_api
 
 DEFAULT_LOCALE_DIRS = ("/usr/share/locale", "/usr/share/locale-langpack")
 SPLITS = {"train": 0.9, "valid": 0.05, "test": 0.05}
+PREFIX = "gettext:"  # a recipe's data.corpus: "gettext:<language code>"
+# Debian's iso-codes package: ISO 639 language names, read when the machine has it.
+ISO_639_FILES = (
+    "/usr/share/iso-codes/json/iso_639-2.json",
+    "/usr/share/iso-codes/json/iso_639-3.json",
+)
+
+
+def language_name(code: str) -> str:
+    """``"fr"`` -> ``"French"`` from the machine's ISO 639 tables, else the code itself."""
+    base = code.split("_")[0].split("@")[0].lower()
+    for table in ISO_639_FILES:
+        try:
+            entries = next(iter(json.loads(Path(table).read_text(encoding="utf-8")).values()))
+        except (OSError, ValueError, StopIteration):
+            continue
+        for entry in entries:
+            if base in (entry.get("alpha_2"), entry.get("alpha_3")):
+                return entry.get("common_name") or entry["name"].split(";")[0]
+    return code
+
+
+def language_pair(corpus: str | None) -> tuple[str, str] | None:
+    """``("English", "French")`` for ``corpus="gettext:fr"``; None for other data."""
+    if not corpus or not corpus.startswith(PREFIX):
+        return None
+    return "English", language_name(corpus[len(PREFIX) :])
+
 
 # printf / Python / shell / brace placeholders, markup and entities, accelerators, escapes.
 _PLACEHOLDER = re.compile(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from keras_transformer.errors import InputProblem
 from keras_transformer_pipelines import private_api
 
 # Keras reduces a loss over the mask attached to its per-token values (a token-level mean);
@@ -37,7 +38,7 @@ class MaskedSparseCrossentropy(keras.losses.Loss):
     ):
         super().__init__(name=name, **kwargs)
         if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+            raise InputProblem(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.label_smoothing = label_smoothing
         self.padding_id = padding_id
 
@@ -108,7 +109,7 @@ class InverseSquareRootSchedule(keras.optimizers.schedules.LearningRateSchedule)
 
     def __init__(self, model_dim: int, warmup_steps: int = 4000, scale: float = 1.0):
         if warmup_steps < 1 or model_dim < 1:
-            raise ValueError(
+            raise InputProblem(
                 f"model_dim and warmup_steps must be >= 1, got {model_dim}, {warmup_steps}"
             )
         self.model_dim = model_dim
@@ -132,7 +133,7 @@ def cosine_with_warmup(
 ) -> keras.optimizers.schedules.CosineDecay:
     """Linear warmup to ``peak_learning_rate``, then cosine decay (Keras's ``CosineDecay``)."""
     if total_steps <= warmup_steps:
-        raise ValueError(f"total_steps={total_steps} must exceed warmup_steps={warmup_steps}")
+        raise InputProblem(f"total_steps={total_steps} must exceed warmup_steps={warmup_steps}")
     return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0,
         decay_steps=total_steps - warmup_steps,

@@ -14,10 +14,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from keras_transformer.errors import InputProblem, MissingInput
+
 logger = logging.getLogger(__name__)
 
 
-class MalformedInputError(ValueError):
+class MalformedInputError(InputProblem):
     """A line of an input file that cannot be read; the message is ``path:line: reason``."""
 
 
@@ -171,7 +173,7 @@ def read_all(
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise MissingInput(f"{path}: no such file")
     report = ReadReport(str(path))
     records = list(reader(path, strict=strict, report=report, **options))
     if report.skipped:

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from keras_transformer.errors import InputProblem
 from keras_transformer_pipelines.config import Recipe, recipe_from_dict
 
 SPLITS = ("train", "valid", "test")
@@ -59,7 +60,7 @@ class FinishedRun:
         from keras_transformer_pipelines.translation_data import translation_dataset
 
         if not self.has_split(split):
-            raise ValueError(f"the run's recipe names no {split} split")
+            raise InputProblem(f"the run's recipe names no {split} split")
         if self.task == "translation":
             path = translation_recipe.split_paths(self.recipe)[split]
             return translation_dataset(
@@ -85,7 +86,7 @@ class FinishedRun:
         from keras_transformer_pipelines.translation_data import translation_dataset
 
         if self.task != "translation":
-            raise ValueError(f"training batches are given for translation runs, not {self.task}")
+            raise InputProblem(f"training batches are given for translation runs, not {self.task}")
         path = translation_recipe.split_paths(self.recipe)["train"]
         return translation_dataset(
             translation_recipe.read_pairs(path, False),

@@ -7,8 +7,13 @@ import json
 
 import numpy as np
 
-PAD, START, END = 0, 1, 2
-FIRST_TOKEN = 3
+from keras_transformer.errors import InputProblem
+from keras_transformer_pipelines.tokenizers import END_ID as END
+from keras_transformer_pipelines.tokenizers import PAD_ID as PAD
+from keras_transformer_pipelines.tokenizers import START_ID as START
+from keras_transformer_pipelines.tokenizers import UNK_ID
+
+FIRST_TOKEN = UNK_ID + 1  # the special ids are the tokenizers' own; words come after them
 
 
 def reversal_data(
@@ -25,7 +30,7 @@ def reversal_data(
     as int32 arrays.
     """
     if not FIRST_TOKEN < vocabulary_size:
-        raise ValueError(f"vocabulary_size must exceed {FIRST_TOKEN}, got {vocabulary_size}")
+        raise InputProblem(f"vocabulary_size must exceed {FIRST_TOKEN}, got {vocabulary_size}")
     rng = np.random.default_rng(seed)
     source = np.zeros((num_examples, max_length), np.int32)
     decoder = np.zeros((num_examples, max_length + 1), np.int32)

@@ -22,6 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_transformer.errors import InputProblem, MissingInput
 from keras_transformer.models import SequenceClassifier, TokenClassifier, TransformerLanguageModel
 from keras_transformer_pipelines import files, translation_recipe
 from keras_transformer_pipelines.config import Recipe
@@ -87,7 +88,7 @@ def labels_for(recipe: Recipe, train_records: list | None = None) -> list[str]:
     if path.is_file():
         return path.read_text(encoding="utf-8").split("\n")[:-1]
     if train_records is None:
-        raise FileNotFoundError(f"{path}: no label names; run `train` first")
+        raise MissingInput(f"{path}: no label names; run `train` first")
     if recipe.task == "classification":
         names = sorted({label for _, label in train_records})
     else:
@@ -295,10 +296,10 @@ def evaluate(recipe: Recipe, which: str = "best", limit: int | None = None) -> d
     """
     split = read_split(recipe, "test")
     if split is None:
-        raise ValueError(f"data.test is not set: nothing to evaluate the {recipe.task} model on")
+        raise InputProblem(f"data.test is not set: nothing to evaluate the {recipe.task} model on")
     records, report = split[0][:limit], split[1]
     if not records:
-        raise ValueError(f"{report.path}: no test examples")
+        raise InputProblem(f"{report.path}: no test examples")
     model, tokenizer = translation_recipe.load_trained(recipe.output_dir, which)
     result: dict = {"task": recipe.task}
     predictions: list[str] = []

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
+from keras_transformer.errors import InputProblem
 from keras_transformer_pipelines.tokenizers import END_ID, START_ID, UNK_ID, refreshed
 from keras_transformer_pipelines.translation_data import batch_examples, tokenize_in_batches
 
@@ -41,7 +42,7 @@ def classification_dataset(
     text is empty. A label id of ``IGNORED`` is an example the loss skips.
     """
     if not examples:
-        raise ValueError("no examples to classify")
+        raise InputProblem("no examples to classify")
     tokenizer = refreshed(tokenizer)  # see tokenizers.refreshed
     texts, labels = zip(*examples, strict=True)
 
@@ -77,12 +78,12 @@ def tagging_dataset(
     back to words by that).
     """
     if not sentences:
-        raise ValueError("no sentences to tag")
+        raise InputProblem("no sentences to tag")
     lengths = [len(words) for words, _ in sentences]
     words = [word for sentence, _ in sentences for word in sentence]
     tags = [tag for _, sentence_tags in sentences for tag in sentence_tags]
     if len(tags) != len(words):
-        raise ValueError("every word needs one tag")
+        raise InputProblem("every word needs one tag")
     tokenizer = refreshed(tokenizer)  # see tokenizers.refreshed
 
     def tokenize(words, tags):
@@ -125,7 +126,7 @@ def language_model_dataset(
     predict). Lines without pieces are dropped.
     """
     if not lines:
-        raise ValueError("no lines of text to read")
+        raise InputProblem("no lines of text to read")
     tokenizer = refreshed(tokenizer)  # see tokenizers.refreshed
 
     def arrange(ids):

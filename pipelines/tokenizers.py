@@ -30,6 +30,7 @@ import keras_nlp
 import sentencepiece
 import tensorflow as tf
 
+from keras_transformer.errors import InputProblem, MissingInput
 from keras_transformer_pipelines import files
 
 PAD_ID, START_ID, END_ID, UNK_ID = 0, 1, 2, 3
@@ -57,7 +58,7 @@ def train_sentencepiece(texts: Iterable[str], vocabulary_size: int) -> bytes:
         _train_sentencepiece(texts, vocabulary_size, model)
     except RuntimeError as error:  # the trainer's own message, e.g. vocabulary too small
         reason = str(error).splitlines()[0].split("] ")[-1]
-        raise ValueError(f"SentencePiece training failed: {reason}") from None
+        raise InputProblem(f"SentencePiece training failed: {reason}") from None
     return model.getvalue()
 
 
@@ -88,12 +89,12 @@ def train_tokenizer(
 ):
     """A keras-nlp tokenizer of ``kind`` with a vocabulary learned from ``texts``."""
     if kind not in KINDS:
-        raise ValueError(f"tokenizer kind must be one of {KINDS}, got {kind!r}")
+        raise InputProblem(f"tokenizer kind must be one of {KINDS}, got {kind!r}")
     if vocabulary_size < 16:
-        raise ValueError(f"vocabulary_size must be >= 16, got {vocabulary_size}")
+        raise InputProblem(f"vocabulary_size must be >= 16, got {vocabulary_size}")
     texts = [text.lower() if lowercase else text for text in texts]
     if not texts:
-        raise ValueError("cannot train a tokenizer on no text")
+        raise InputProblem("cannot train a tokenizer on no text")
     if kind == "sentencepiece":
         return keras_nlp.tokenizers.SentencePieceTokenizer(
             proto=train_sentencepiece(texts, vocabulary_size)
@@ -132,7 +133,7 @@ def tokenizer_kind(tokenizer) -> str:
         return "sentencepiece"
     if isinstance(tokenizer, keras_nlp.tokenizers.WordPieceTokenizer):
         return "wordpiece"
-    raise ValueError(f"unsupported tokenizer {type(tokenizer).__name__}")
+    raise InputProblem(f"unsupported tokenizer {type(tokenizer).__name__}")
 
 
 def save_tokenizer(tokenizer, directory: str | Path) -> Path:
@@ -162,7 +163,7 @@ def load_tokenizer(directory: str | Path):
     directory = Path(directory)
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
-        raise FileNotFoundError(f"no tokenizer in {directory}: {CONFIG_FILE} is missing")
+        raise MissingInput(f"no tokenizer in {directory}: {CONFIG_FILE} is missing")
     config = json.loads(config_path.read_text(encoding="utf-8"))
     if config.get("kind") == "sentencepiece":
         return keras_nlp.tokenizers.SentencePieceTokenizer(
@@ -177,4 +178,4 @@ def load_tokenizer(directory: str | Path):
             oov_token=config["special_tokens"]["unk"],
             special_tokens=specials,
         )
-    raise ValueError(f"{config_path}: unknown tokenizer kind {config.get('kind')!r}")
+    raise InputProblem(f"{config_path}: unknown tokenizer kind {config.get('kind')!r}")

@@ -24,6 +24,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from keras_transformer.errors import MissingInput
 from keras_transformer_pipelines import files
 from keras_transformer_pipelines.checkpoints import (
     RunCheckpoints,
@@ -209,6 +210,6 @@ def load_model(output_dir: str | Path, which: str = "model") -> keras.Model:
     """The ``which`` ("model": final, "best": best validation loss) model of a finished run."""
     path = Path(output_dir) / f"{which}.keras"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no trained model; run `train` first")
+        raise MissingInput(f"{path}: no trained model; run `train` first")
     model = keras.saving.load_model(path, compile=False)
     return getattr(model, "student", model)  # a distillation checkpoint holds its student

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from keras_transformer.errors import InputProblem, MissingInput
 from keras_transformer_pipelines import files
 
 
@@ -21,11 +22,11 @@ def read_history(path: str | Path) -> dict[str, list[float]]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no training history; train the run first")
+        raise MissingInput(f"{path}: no training history; train the run first")
     with path.open(newline="", encoding="utf-8") as file:
         rows = {int(row["epoch"]): row for row in csv.DictReader(file)}
     if not rows:
-        raise ValueError(f"{path}: the training history is empty")
+        raise InputProblem(f"{path}: the training history is empty")
     ordered = [rows[epoch] for epoch in sorted(rows)]
     return {key: [float(row[key]) for row in ordered] for key in ordered[0] if key}
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 
+from keras_transformer.errors import InputProblem
 from keras_transformer_pipelines.batching import bucket_by_token_budget
 from keras_transformer_pipelines.tokenizers import END_ID, START_ID, refreshed
 
@@ -108,7 +109,7 @@ def batch_examples(
         min_bucket_length: the smallest bucket's bound.
     """
     if (max_tokens is None) == (batch_size is None):
-        raise ValueError("give exactly one of max_tokens (bucketing) or batch_size (fixed)")
+        raise InputProblem("give exactly one of max_tokens (bucketing) or batch_size (fixed)")
     if input_context is not None and input_context.num_input_pipelines > 1:
         dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     dataset = prepare(dataset)
@@ -149,7 +150,7 @@ def translation_dataset(
             ``input_context``, ``min_bucket_length``: see :func:`batch_examples`.
     """
     if not pairs:
-        raise ValueError("no translation pairs to read")
+        raise InputProblem("no translation pairs to read")
     sources, targets = zip(*pairs, strict=True)
     return batch_examples(
         tf.data.Dataset.from_tensor_slices((list(sources), list(targets))),

@@ -20,6 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_transformer.errors import MissingInput
 from keras_transformer.models import Seq2SeqTransformer
 from keras_transformer_pipelines import files, gettext_corpus
 from keras_transformer_pipelines.config import Recipe
@@ -50,7 +51,7 @@ def split_paths(recipe: Recipe) -> dict[str, Path]:
             language = data.corpus.split(":", 1)[1]
             catalogs = gettext_corpus.find_catalogs(language)
             if not catalogs:
-                raise FileNotFoundError(f"no gettext catalogs for '{language}' on this machine")
+                raise MissingInput(f"no gettext catalogs for '{language}' on this machine")
             splits = gettext_corpus.build_corpus(catalogs)
             gettext_corpus.write_corpus(splits, directory, catalogs, language)
         return {name: directory / f"{name}.tsv" for name in ("train", "valid", "test")}

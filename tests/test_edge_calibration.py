@@ -24,7 +24,7 @@ from keras_transformer_edge.convert import (  # noqa: E402
     language_model_endpoints,
     seq2seq_endpoints,
 )
-from keras_transformer_pipelines.synthetic import reversal_data  # noqa: E402
+from keras_transformer_pipelines.synthetic import END, PAD, START, reversal_data  # noqa: E402
 
 SMALL = dict(hidden_dim=32, num_heads=4, intermediate_dim=64)
 
@@ -63,7 +63,10 @@ def reversal_export(trained_reversal, tmp_path_factory):
 def _seq2seq_gate(model, flatbuffer, mode):
     inputs, targets = _batch(seed=5)
     references = [_words(row) for row in targets]
-    report = parity.seq2seq_parity(model, flatbuffer, (inputs, targets), _words, references)
+    special = {"pad": PAD, "start": START, "end": END}
+    report = parity.seq2seq_parity(
+        model, flatbuffer, (inputs, targets), _words, references, special
+    )
     return parity.gate(report, mode)
 
 

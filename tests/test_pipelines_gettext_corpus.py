@@ -5,6 +5,7 @@ import struct
 
 import pytest
 
+from keras_transformer_pipelines import gettext_corpus
 from keras_transformer_pipelines.gettext_corpus import (
     build_corpus,
     catalog_pairs,
@@ -112,3 +113,16 @@ def test_corpus_from_this_machines_catalogs():
     sources = [source for split in splits.values() for source, _ in split]
     assert len(sources) == len(set(sources))
     assert all(is_clean_text(s) and is_clean_text(t) for split in splits.values() for s, t in split)
+
+
+def test_language_pair_names_the_recipes_languages(monkeypatch, tmp_path):
+    table = tmp_path / "iso_639-2.json"
+    table.write_text('{"639-2": [{"alpha_2": "de", "alpha_3": "ger", "name": "German"}]}')
+    monkeypatch.setattr(
+        gettext_corpus, "ISO_639_FILES", (str(tmp_path / "absent.json"), str(table))
+    )
+    assert gettext_corpus.language_pair("gettext:de") == ("English", "German")
+    assert gettext_corpus.language_pair("gettext:de_AT") == ("English", "German")
+    # a code the machine's table does not know stays a code; other data has no pair
+    assert gettext_corpus.language_pair("gettext:xx") == ("English", "xx")
+    assert gettext_corpus.language_pair(None) is None

@@ -22,6 +22,7 @@ import numpy as np
 
 from keras_transformer_edge.runtime.bundle import load_bundle
 from keras_transformer_edge.runtime.classifier import Classifier, Tagger
+from keras_transformer_edge.runtime.errors import InputError
 from keras_transformer_edge.runtime.generator import Generator
 from keras_transformer_edge.runtime.interpreter import LiteModel, backend_version
 from keras_transformer_edge.runtime.kinds import TASKS
@@ -108,7 +109,7 @@ def benchmark(
     ``options``: ``beam_size`` (translation), ``max_new_tokens`` (generation).
     """
     if runs < 1 or warmup < 0:
-        raise ValueError(f"runs must be >= 1 and warmup >= 0, got {runs}, {warmup}")
+        raise InputError(f"runs must be >= 1 and warmup >= 0, got {runs}, {warmup}")
     started = time.perf_counter()
     bundle = load_bundle(path)
     verified = time.perf_counter()

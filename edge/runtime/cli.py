@@ -33,14 +33,14 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
+from keras_transformer.errors import ExitCode, InputProblem, ProjectError, report_error
 from keras_transformer_edge.runtime import options
-from keras_transformer_edge.runtime.errors import BackendError, BundleError, InputError, one_line
+from keras_transformer_edge.runtime.errors import InputError
 
 COMMANDS = ("translate", "generate", "classify", "tag")
-EXIT_INTERRUPTED = 130
 
 
-class _UsageError(Exception):
+class _UsageError(InputProblem):
     """argparse's complaint, to be printed as one ``error:`` line (exit code 2)."""
 
 
@@ -221,23 +221,15 @@ def run(argv: list[str] | None = None, prog: str | None = None) -> int:
     try:
         args = _parser(prog).parse_args(argv)
         _command(args)
-    except _UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return InputError.exit_code
-    except (BundleError, InputError, BackendError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return error.exit_code
     except BrokenPipeError:  # the reader left (e.g. `| head`): not an error of ours
         _silence_stdout()
-        return 0
-    except OSError as error:  # the system's: disk full, a name too long, ...
-        where = f"{error.filename}: " if error.filename else ""
-        print(f"error: {where}{error.strerror or one_line(error)}", file=sys.stderr)
-        return BackendError.exit_code
+        return ExitCode.DONE
+    except (ProjectError, OSError) as error:  # ours (usage included), or the system's
+        return report_error(error)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    return 0
+        return ExitCode.INTERRUPTED
+    return ExitCode.DONE
 
 
 def _silence_stdout() -> None:

@@ -18,6 +18,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from keras_transformer_edge.runtime.errors import InputError
+
 Feed = Callable[[np.ndarray, int], np.ndarray]
 Choose = Callable[[np.ndarray], int]
 NEGATIVE = np.float32(-1e9)  # the Keras search's "impossible" score
@@ -55,7 +57,7 @@ def greedy(logits: np.ndarray) -> int:
 def top_k_sampler(k: int, seed: int | None = None, temperature: float = 1.0) -> Choose:
     """A token drawn from the ``k`` most likely, softmax of ``logits / temperature``."""
     if k < 1 or temperature <= 0:
-        raise ValueError(f"top-k needs k >= 1 and temperature > 0, got k={k}, {temperature}")
+        raise InputError(f"top-k needs k >= 1 and temperature > 0, got k={k}, {temperature}")
     generator = np.random.default_rng(seed)
 
     def choose(logits: np.ndarray) -> int:

@@ -2,8 +2,9 @@
 
 Reads the ``sentencepiece.model`` that
 :func:`keras_transformer_pipelines.tokenizers.save_tokenizer` writes (a serialized
-``ModelProto``) with a small protobuf wire-format reader, and reproduces the library's BPE, so
-keras-nlp's ``SentencePieceTokenizer`` as well, without TensorFlow or the library:
+``ModelProto``) with a small protobuf wire-format reader (``protobuf_wire.py``), and
+reproduces the library's BPE, so keras-nlp's ``SentencePieceTokenizer`` as well, without
+TensorFlow or the library:
 
 - :meth:`SentencePieceBPE.encode` normalizes as the ``NormalizerSpec`` says (dummy prefix ``▁``,
   spaces as ``▁``, extra spaces removed), splits into characters (user-defined symbols first,
@@ -26,99 +27,23 @@ import operator
 import struct
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+
+from keras_transformer_edge.runtime.protobuf_wire import FIXED32 as _FIXED32
+from keras_transformer_edge.runtime.protobuf_wire import LENGTH as _LENGTH
+from keras_transformer_edge.runtime.protobuf_wire import VARINT as _VARINT
+from keras_transformer_edge.runtime.protobuf_wire import fields as _fields
+from keras_transformer_edge.runtime.protobuf_wire import int32 as _int32
+from keras_transformer_edge.runtime.protobuf_wire import last as _last
+from keras_transformer_edge.runtime.protobuf_wire import message as _message
+from keras_transformer_edge.runtime.protobuf_wire import text as _text
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 MODEL_TYPES = {1: "UNIGRAM", 2: "BPE", 3: "WORD", 4: "CHAR"}
 SPACE = "\u2581"  # ▁, the escaped space
 MODEL_FILE, CONFIG_FILE = "sentencepiece.model", "tokenizer.json"
 
-_VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
 _MERGEABLE = (NORMAL, USER_DEFINED, UNUSED)  # the pieces BPE merges into
 _BYTE_PIECES = {f"<0x{value:02X}>": value for value in range(256)}
-
-Fields = dict[int, list[tuple[int, int | bytes]]]
-
-
-# --- Protobuf wire format ---------------------------------------------------------------------
-
-
-def _varint(data: bytes, position: int) -> tuple[int, int]:
-    """The varint at ``position`` and the position after it."""
-    value, shift = 0, 0
-    while True:
-        if position >= len(data):
-            raise ValueError("truncated varint")
-        byte = data[position]
-        position += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, position
-        shift += 7
-        if shift >= 70:
-            raise ValueError("varint longer than 10 bytes")
-
-
-def _fields(data: bytes) -> Fields:
-    """Every field of one message: ``{number: [(wire type, value), ...]}`` in file order."""
-    fields: Fields = {}
-    position, end = 0, len(data)
-    while position < end:
-        key, position = _varint(data, position)
-        number, wire = key >> 3, key & 7
-        if number == 0:
-            raise ValueError("field number 0")
-        value: int | bytes
-        if wire == _VARINT:
-            value, position = _varint(data, position)
-        else:
-            if wire == _LENGTH:
-                size, position = _varint(data, position)
-            elif wire in (_FIXED64, _FIXED32):
-                size = 8 if wire == _FIXED64 else 4
-            else:
-                raise ValueError(f"field {number} has unsupported wire type {wire}")
-            if position + size > end:
-                raise ValueError(f"field {number} runs past the end of the data (truncated?)")
-            value = data[position : position + size]
-            position += size
-        fields.setdefault(number, []).append((wire, value))
-    return fields
-
-
-def _last(fields: Fields, number: int, wire: int, default: Any) -> Any:
-    """The last value of a singular field (protobuf semantics), checking its wire type."""
-    values = fields.get(number)
-    if not values:
-        return default
-    found, value = values[-1]
-    if found != wire:
-        raise ValueError(f"field {number} has wire type {found}, expected {wire}")
-    return value
-
-
-def _int32(value: int) -> int:
-    """A varint read as a (possibly negative) int32."""
-    return (value + 2**31) % 2**32 - 2**31
-
-
-def _text(value: bytes, what: str) -> str:
-    """A string field's text."""
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"{what} is not valid UTF-8") from None
-
-
-def _message(fields: Fields, number: int) -> Fields | None:
-    """A singular sub-message (its occurrences merged), or None when absent."""
-    values = fields.get(number)
-    if not values:
-        return None
-    if any(wire != _LENGTH for wire, _ in values):
-        raise ValueError(f"field {number} is not a message")
-    return _fields(b"".join(value for _, value in values))  # type: ignore[misc]
-
 
 # --- UTF-8 as sentencepiece reads it ----------------------------------------------------------
 

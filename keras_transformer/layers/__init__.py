@@ -1,5 +1,13 @@
 """Keras 3 layers for attention and Transformer stacks, written with ``keras.ops``."""
 
+try:
+    import keras  # noqa: F401
+except ImportError as error:  # pragma: no cover - exercised only without Keras installed
+    raise ImportError(
+        "keras_transformer needs Keras 3: pip install 'keras-transformer[keras]' "
+        "(the device runtime alone is keras_transformer_edge.runtime)"
+    ) from error
+
 from keras_transformer.layers.feed_forward import FeedForward
 from keras_transformer.layers.masks import (
     attention_mask_for,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import keras
 
+from keras_transformer.errors import InputProblem
 
-class ArgumentError(ValueError):
+
+class ArgumentError(InputProblem):
     """A bad argument or input, reported in one line that names it and its shape.
 
     Keras wraps exceptions raised inside ``call()`` in a multi-line report of every call
