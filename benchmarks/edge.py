@@ -50,10 +50,12 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+import peer_ctranslate2  # noqa: E402  (benchmarks/, beside this script)
 import tensorflow as tf  # noqa: E402
 
 from keras_transformer_cli.device_modes import compare_modes, keras_greedy  # noqa: E402
 from keras_transformer_edge.convert import convert, seq2seq_endpoints  # noqa: E402
+from keras_transformer_edge.modes import shipping_mode  # noqa: E402
 from keras_transformer_edge.runtime.interpreter import LiteModel  # noqa: E402
 from keras_transformer_edge.runtime.steps import Seq2SeqSteps  # noqa: E402
 from keras_transformer_edge.runtime.translator import Translator  # noqa: E402
@@ -179,6 +181,92 @@ def cached_vs_recompute(
     }
 
 
+def _padded(ids: list[int], length: int) -> np.ndarray:
+    padded = np.zeros((1, length), np.int32)
+    padded[0, : len(ids)] = ids
+    return padded
+
+
+def _first_token(model: LiteModel, source_ids: np.ndarray, start_id: int) -> float:
+    """Seconds from source ids to the first token's logits: encode and one decode step."""
+    began = time.perf_counter()
+    Seq2SeqSteps(model, source_ids).feed(np.array([start_id], np.int32), 0)
+    return time.perf_counter() - began
+
+
+def versus_ctranslate2(
+    model, bundle: Path, translator: Translator, sources: list[str], rounds: int, threads: int
+) -> dict:
+    """Our bundle against CTranslate2 int8 holding the same weights (peer_ctranslate2.py).
+
+    Both translate the same sentences greedily, batch 1, ``threads`` threads, exactly
+    ``NEW_TOKENS`` tokens each (CTranslate2 forced by ``min/max_decoding_length``, ours by
+    ignoring the end token), in interleaved rounds; tokens/s from the median round, first-token
+    latency (encode + one step) from the median over sentences and rounds.
+    ``same_tokens``: share of positions where both engines chose the same token, up to the first
+    end token of ours (after it, CTranslate2 is forbidden the end token and the two diverge).
+    """
+    problem = peer_ctranslate2.mismatch(model)
+    if problem:
+        return {"error": problem}
+    lite = LiteModel(bundle / "model.tflite", threads)
+    ids = [translator.source_ids(sentence) for sentence in sources]
+    special = {"start": translator.start_id, "end": translator.end_id, "unknown": translator.unk_id}
+    with tempfile.TemporaryDirectory() as scratch:
+        engine = peer_ctranslate2.translator(
+            peer_ctranslate2.build(model, Path(scratch) / "ct2", special, "int8"), "int8", threads
+        )
+        padded = [_padded(source, model.encoder_sequence_length) for source in ids]
+        ours, peer, ours_first, peer_first, agree = [], [], [], [], []
+        for round_index in range(rounds + 1):  # round 0 warms both up
+            ours_round = peer_round = 0.0
+            for source, source_padded in zip(ids, padded, strict=True):
+                began = time.perf_counter()
+                our_tokens = _greedy_cached(lite, source_padded, translator.start_id)
+                ours_round += time.perf_counter() - began
+                seconds, peer_tokens = peer_ctranslate2.forced(engine, source, NEW_TOKENS)
+                peer_round += seconds
+                ours_first.append(_first_token(lite, source_padded, translator.start_id))
+                peer_first.append(peer_ctranslate2.forced(engine, source, 1)[0])
+                if round_index == 0:
+                    ended = [i for i, token in enumerate(our_tokens) if token == translator.end_id]
+                    end = ended[0] if ended else NEW_TOKENS
+                    agree += list(np.equal(our_tokens[:end], peer_tokens[:end]))
+            if round_index:
+                ours.append(ours_round)
+                peer.append(peer_round)
+    tokens = NEW_TOKENS * len(ids)
+    ours_speed, peer_speed = tokens / np.median(ours), tokens / np.median(peer)
+    first = len(ids)  # drop the warm-up round's latencies
+    return {
+        "sentences": len(ids),
+        "rounds": rounds,
+        "new_tokens": NEW_TOKENS,
+        "ours_mode": bundle.name,
+        "ours_tokens_per_s": round(float(ours_speed), 1),
+        "ct2_tokens_per_s": round(float(peer_speed), 1),
+        "ratio": round(float(ours_speed / peer_speed), 2),
+        "ours_first_token_ms": round(1e3 * float(np.median(ours_first[first:])), 3),
+        "ct2_first_token_ms": round(1e3 * float(np.median(peer_first[first:])), 3),
+        "same_tokens": round(float(np.mean(agree)), 3) if agree else None,
+        "ct2_version": __import__("ctranslate2").__version__,
+    }
+
+
+def shipping(modes: dict) -> dict | None:
+    """The bundle the main job would ship, with its figures."""
+    mode = shipping_mode(modes)
+    if mode is None:
+        return None
+    entry = modes[mode]
+    return {
+        "mode": mode,
+        "size_bytes": entry["size_bytes"],
+        "tokens_per_s": entry["tokens_per_s"],
+        "bleu_delta_vs_keras_greedy": entry["bleu_delta"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, default=ROOT / "runs" / "quality" / "ours")
@@ -191,6 +279,8 @@ def main() -> None:
     parser.add_argument("--train-seconds", type=float, default=600.0)
     parser.add_argument("--parity-examples", type=int, default=256)
     parser.add_argument("--work-dir", type=Path, default=ROOT / "runs" / "edge")
+    parser.add_argument("--ct2-sentences", type=int, default=16)
+    parser.add_argument("--ct2-rounds", type=int, default=5)
     args = parser.parse_args()
 
     run = trained_run(args.run, args.train_seconds)
@@ -230,6 +320,13 @@ def main() -> None:
     versus_keras = {
         mode: round(modes[mode]["tokens_per_s"] / keras.tokens_per_s, 2) for mode in bundles
     }
+    # CTranslate2 int8 against our int8 bundle (the shipping one when it is int8-sized).
+    int8 = "dynamic_int8" if "dynamic_int8" in bundles else first
+    peer = versus_ctranslate2(
+        model, bundles[int8], translator, sources[: args.ct2_sentences], args.ct2_rounds,
+        args.threads,
+    )  # fmt: skip
+    print(f"ctranslate2: {peer}", flush=True)
     # The headline compares like with like: the float model against Keras float; the int8
     # figures stand beside it (*_by_mode).
     headline = speed_modes[0]
@@ -248,6 +345,8 @@ def main() -> None:
                 "tflite_vs_keras_generation": versus_keras[headline],
                 "tflite_vs_keras_generation_by_mode": versus_keras,
                 "headline_mode": headline,
+                "ctranslate2": peer,
+                "shipping": shipping(modes),
             }
         )
     )

@@ -256,19 +256,19 @@ class MainJob:
 
     def device(self, modes: dict) -> dict:
         """The shipping bundle in a process of its own, as on the device: no TensorFlow."""
-        from keras_transformer_edge.modes import SHIP_PREFERENCE
+        from keras_transformer_edge.modes import shipping_mode
 
-        passed = [mode for mode in SHIP_PREFERENCE if "size_bytes" in modes.get(mode, {})]
-        if not passed:
+        shipped = shipping_mode(modes)
+        if shipped is None:
             raise JobError("no mode passed its parity gate: nothing to ship")
-        bundle = self.output / "bundles" / passed[0]
+        bundle = self.output / "bundles" / shipped
         from keras_transformer_edge.runtime.bundle import load_bundle
 
         threads = ["--threads", str(self.args.threads)]
         translated = _runtime(["translate", str(bundle), *threads], "\n".join(EXAMPLES) + "\n")
         bench = _runtime(["bench", str(bundle), "--runs", "20", *threads])
         result = {
-            "mode": passed[0],
+            "mode": shipped,
             "bundle": str(bundle),
             "beam_size": load_bundle(bundle).manifest["decoding"].get("beam_size", 1),
             "tensorflow_imported": any(done["tensorflow_imported"] for done in (translated, bench)),

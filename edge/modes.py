@@ -77,6 +77,12 @@ SHIP_PREFERENCE = tuple(
 )  # fmt: skip
 
 
+def shipping_mode(results: dict[str, dict]) -> str | None:
+    """The mode to ship among ``results`` (mode -> figures; a built bundle has ``size_bytes``,
+    a mode that failed its gate has none), by ``ship_rank``; ``None`` when none passed."""
+    return next((mode for mode in SHIP_PREFERENCE if "size_bytes" in results.get(mode, {})), None)
+
+
 def get_mode(name: str) -> Mode:
     """The mode called ``name``; a one-line ``ValueError`` naming the valid ones otherwise."""
     if name not in MODES:
