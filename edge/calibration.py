@@ -29,6 +29,7 @@ import tensorflow as tf
 from keras_transformer.layers.quantization_points import bounded_scores
 from keras_transformer_edge import private_api
 from keras_transformer_edge.runners import lite_model
+from keras_transformer_edge.runtime.signatures import bucket_name, buckets
 from keras_transformer_edge.runtime.steps import (
     LanguageModelSteps,
     Recording,
@@ -89,20 +90,36 @@ def seq2seq_samples(float_flatbuffer: bytes, batches: Iterable, limit: int = 64)
         source_length = model.input_spec("encode", "source_ids")[0][1]
         max_length = model.input_spec("decode", "cache")[0][-2]
         for row in _rows(batches, limit):
-            steps = Seq2SeqSteps(recorder, _pad(row["encoder_token_ids"], source_length))
+            # The full encode is recorded; each length bucket gets the sources cut to it below.
+            steps = Seq2SeqSteps(
+                recorder, _pad(row["encoder_token_ids"], source_length), bucketed=False
+            )
             target = [int(t) for t in row["decoder_token_ids"] if t != 0][:max_length]
             teacher_forced_logits(steps, target)
-        if "decode_beam" in model.signatures:
-            # Every beam row calibrated on a real step: each decode sample repeated per row.
-            rows = model.input_spec("decode_beam", "token")[0][0]
-            samples["decode_beam"] = [
+        for signature in ("decode_beam", "decode_batch"):
+            if signature not in model.signatures:
+                continue
+            # Every row calibrated on a real step: each decode sample repeated per row.
+            rows = model.input_spec(signature, "token")[0][0]
+            samples[signature] = [
                 {
                     name: value if name == "index" else np.repeat(value, rows, axis=0)
                     for name, value in step.items()
                 }
                 for step in samples["decode"]
             ]
+        _bucket_samples(model, samples, "encode", "source_ids")
     return samples
+
+
+def _bucket_samples(model, samples: Samples, signature: str, name: str) -> None:
+    """Samples for each length bucket ``{signature}_{N}``: the full signature's, ``name`` cut
+    to its first N positions (the ranges a bucket meets are those of the same sentences)."""
+    for length in buckets(model.signatures, signature):
+        samples[bucket_name(signature, length)] = [
+            {**sample, name: np.ascontiguousarray(sample[name][:, :length])}
+            for sample in samples[signature]
+        ]
 
 
 def language_model_samples(float_flatbuffer: bytes, batches: Iterable, limit: int = 64) -> Samples:
@@ -113,7 +130,8 @@ def language_model_samples(float_flatbuffer: bytes, batches: Iterable, limit: in
         max_length = model.input_spec("decode", "cache")[0][-2]
         for row in _rows(batches, limit):
             tokens = [int(t) for t in np.asarray(row).reshape(-1) if t != 0][:max_length]
-            LanguageModelSteps(recorder).prefill(tokens)
+            LanguageModelSteps(recorder, bucketed=False).prefill(tokens)
+        _bucket_samples(model, samples, "prefill", "tokens")
     return samples
 
 

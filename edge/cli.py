@@ -142,22 +142,26 @@ def _onnx(args) -> dict:
         to_onnx,
     )
     from keras_transformer_edge.run_data import first_batch, load_run
+    from keras_transformer_edge.runtime.bundle import KINDS
 
-    run = load_run(args.run, args.which, beam_size=1)  # ONNX files: encode and decode only
+    run = load_run(args.run, args.which, beam_size=1)
     if run.kind not in ("seq2seq", "language_model"):
         raise ConversionError(f"ONNX export covers seq2seq and language models, not {run.kind}")
+    # ONNX files: the required steps only (encode and decode, prefill and decode); length
+    # buckets and batch signatures are the TFLite bundle's.
+    endpoints = {name: run.endpoints[name] for name in KINDS[run.kind][0]}
     split = run.finished.held_out_split()
     inputs, labels = first_batch(run, split, 1, shuffle=False)
     if run.kind == "seq2seq":
         source = inputs["encoder_token_ids"]
         padding = run.model.encoder_sequence_length - source.shape[1]
         feeds = seq2seq_parity_inputs(
-            run.endpoints, _pad_right(source, padding), inputs["decoder_token_ids"]
+            endpoints, _pad_right(source, padding), inputs["decoder_token_ids"]
         )
     else:
         padding = run.model.sequence_length - inputs.shape[1]
-        feeds = language_model_parity_inputs(run.endpoints, _pad_right(inputs, padding))
-    export = to_onnx(run.model, run.endpoints, args.output, feeds)
+        feeds = language_model_parity_inputs(endpoints, _pad_right(inputs, padding))
+    export = to_onnx(run.model, endpoints, args.output, feeds)
     return {"files": {name: str(path) for name, path in export.paths.items()}}
 
 

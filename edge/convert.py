@@ -41,7 +41,7 @@ from keras_transformer_edge.calibration import (
     seq2seq_samples,
 )
 from keras_transformer_edge.modes import CALIBRATED_MODES, CONVERTER_MODES
-from keras_transformer_edge.runtime.signatures import POSITION_SHAPE
+from keras_transformer_edge.runtime.signatures import POSITION_SHAPE, bucket_name
 
 Endpoints = dict[str, tuple[Callable, list[tf.TensorSpec]]]
 # The modes the TFLite converter produces (modes.py defines every mode).
@@ -61,16 +61,35 @@ class ConversionError(InputProblem):
     """A model that cannot be converted as asked; the message is one line and names the cause."""
 
 
+def length_buckets(length: int) -> tuple[int, ...]:
+    """The shorter lengths a sequence-length signature is also exported at (``encode_N``,
+    ``prefill_N``): powers of two from 8 below ``length``. Most sentences of the gettext
+    corpus are under 16 tokens; each bucket is one more subgraph sharing the weights."""
+    return tuple(n for n in (8, 16, 32, 64, 128, 256) if n < length)
+
+
 def seq2seq_endpoints(
-    model: Seq2SeqTransformer, batch_size: int = 1, beam_size: int = 1
+    model: Seq2SeqTransformer,
+    batch_size: int = 1,
+    beam_size: int = 1,
+    encode_lengths: Sequence[int] = (),
+    batch_rows: int = 1,
 ) -> Endpoints:
     """``encode`` and ``decode`` signatures with static shapes for ``batch_size`` rows.
 
     With ``beam_size > 1``, a ``decode_beam`` signature runs ``batch_size * beam_size`` rows,
     so the host's beam search advances every beam in one call (weights shared in the file).
+    ``encode_lengths``: also ``encode_N`` for each shorter source length N (the runtime encodes
+    a sentence with the shortest that holds it). ``batch_rows > 1``: a ``decode_batch``
+    signature of that many rows, one sentence each (batch translation).
     """
     model.ensure_built()
     source = tf.TensorSpec((batch_size, model.encoder_sequence_length), tf.int32)
+    for length in encode_lengths:
+        if not 1 <= length < source.shape[1]:
+            raise ConversionError(
+                f"encode length bucket {length} must be in [1, {source.shape[1]})"
+            )
     encoder_output, _ = model.encode(tf.zeros(source.shape, tf.int32))
     cross_shape = model.cross_attention_cache(encoder_output).shape[1:]
 
@@ -94,8 +113,13 @@ def seq2seq_endpoints(
         ]
 
     endpoints = {"encode": (encode, [source]), "decode": (decode, decode_signature(batch_size))}
+    for length in sorted(set(encode_lengths)):
+        shorter = tf.TensorSpec((batch_size, length), tf.int32)
+        endpoints[bucket_name("encode", length)] = (encode, [shorter])
     if beam_size > 1:
         endpoints["decode_beam"] = (decode, decode_signature(batch_size * beam_size))
+    if batch_rows > 1:
+        endpoints["decode_batch"] = (decode, decode_signature(batch_size * batch_rows))
     return endpoints
 
 
@@ -113,9 +137,13 @@ def classifier_endpoints(
 
 
 def language_model_endpoints(
-    model: TransformerLanguageModel, prefill_length: int, batch_size: int = 1
+    model: TransformerLanguageModel,
+    prefill_length: int,
+    batch_size: int = 1,
+    prefill_lengths: Sequence[int] = (),
 ) -> Endpoints:
-    """``prefill`` (a prompt of ``prefill_length`` tokens from position 0) and ``decode``."""
+    """``prefill`` (a prompt of ``prefill_length`` tokens from position 0) and ``decode``;
+    ``prefill_N`` for each shorter length N of ``prefill_lengths``."""
     model.ensure_built()
     cache = tf.TensorSpec(model.init_cache(batch_size).shape, tf.float32)
 
@@ -127,13 +155,21 @@ def language_model_endpoints(
         logits, cache = model.call_with_cache(token, cache, _position(index))
         return {"logits": logits, "cache": cache}
 
-    return {
+    endpoints = {
         "prefill": (prefill, [tf.TensorSpec((batch_size, prefill_length), tf.int32), cache]),
         "decode": (
             decode,
             [tf.TensorSpec((batch_size, 1), tf.int32), cache, POSITION],
         ),
     }
+    for length in sorted(set(prefill_lengths)):
+        if not 1 <= length < prefill_length:
+            raise ConversionError(
+                f"prefill length bucket {length} must be in [1, {prefill_length})"
+            )
+        tokens = tf.TensorSpec((batch_size, length), tf.int32)
+        endpoints[bucket_name("prefill", length)] = (prefill, [tokens, cache])
+    return endpoints
 
 
 def export_saved_model(model: keras.Model, endpoints: Endpoints, directory: str | Path) -> Path:

@@ -47,6 +47,7 @@ class FunctionRunner:
 
     def __init__(self, call: Callable[[str, dict], dict], specs: Specs) -> None:
         self._call, self.specs = call, specs
+        self.signatures = specs  # the names, as Runner asks
 
     def run(self, signature: str, **inputs: np.ndarray) -> dict[str, np.ndarray]:
         outputs = self._call(signature, inputs)

@@ -51,6 +51,7 @@ from keras_transformer_edge.runtime.signatures import (  # noqa: E402
     check_signatures,
     signature_table,
 )
+from keras_transformer_edge.runtime.steps import encode_source  # noqa: E402
 from keras_transformer_edge.runtime.translator import Translator  # noqa: E402
 from keras_transformer_pipelines import task_recipes, translation_recipe  # noqa: E402
 from keras_transformer_pipelines.config import recipe_from_dict  # noqa: E402
@@ -142,7 +143,13 @@ def test_bundle_round_trip_and_manifest(seq2seq_bundle, run_dir):
     assert manifest["max_lengths"] == {"source": LENGTH, "target": LENGTH}
     assert manifest["vocabulary_size"] == VOCABULARY
     assert manifest["decoding"] == {"beam_size": 3, "length_penalty": 0.6, "max_length": None}
-    assert set(manifest["signatures"]) == {"encode", "decode", "decode_beam"}
+    assert set(manifest["signatures"]) == {
+        "encode",
+        "encode_8",
+        "decode",
+        "decode_beam",
+        "decode_batch",
+    }
     decode = manifest["signatures"]["decode_beam"]
     assert decode["inputs"]["token"] == {"shape": [3, 1], "dtype": "int32"}
     assert decode["inputs"]["source_mask"] == {"shape": [3, LENGTH], "dtype": "bool"}
@@ -328,6 +335,33 @@ def test_text_translations_equal_the_keras_translators(translator, keras_model, 
             f"text 'moon moon moon moon moon moon moon moon…' has more than the model's {LENGTH} "
             "source tokens; cut"
         ) in [record.getMessage() for record in caplog.records]
+
+
+def test_batches_and_length_buckets_give_each_sentence_its_own_translation(
+    seq2seq_bundle, translator
+):
+    model = LiteModel(seq2seq_bundle / MODEL_FILE, 1, record_timings=True)
+    timed = Translator(load_bundle(seq2seq_bundle), model)
+    assert timed.batch_rows == 8
+    texts = TEXTS * 2 + ["", "moon"]  # several batches, a partial last one, an empty text
+    alone = [translator.translate(text, beam_size=1) for text in texts]
+    assert timed.translate_many(texts, beam_size=1) == alone
+    assert timed.translate_many(texts[:5], beam_size=3) == [
+        translator.translate(text, beam_size=3) for text in texts[:5]
+    ]
+    # Short sentences ran the 8-position encoder, long ones the full one.
+    assert {"encode", "encode_8", "decode_batch", "decode_beam"} <= set(model.timings)
+    # A bucket's outputs are the full encode's at the sentence's positions, zeros past it.
+    ids = translator.source_ids("moon sun")
+    padded = np.zeros((1, LENGTH), np.int32)
+    padded[0, : len(ids)] = ids
+    full, bucketed = model.run("encode", source_ids=padded), encode_source(model, padded)
+    np.testing.assert_array_equal(bucketed["source_mask"], full["source_mask"])
+    real = full["source_mask"][0]
+    cache_full, cache_bucket = full["cross_attention_cache"], bucketed["cross_attention_cache"]
+    assert cache_bucket.shape == cache_full.shape
+    np.testing.assert_allclose(cache_bucket[..., real, :], cache_full[..., real, :], atol=1e-5)
+    assert real.sum() <= 8 and not cache_bucket[..., 8:, :].any()
 
 
 def test_empty_text_and_bad_input(translator):
@@ -703,7 +737,7 @@ def test_every_bundle_kind_follows_the_format_spec(seq2seq_bundle, single_sequen
     kinds = set()
     for path in paths:
         bundle = load_bundle(path)  # which checks the manifest's signatures against the spec
-        assert bundle.manifest["format_version"] == 2
+        assert bundle.manifest["format_version"] == 3
         kinds.add(bundle.kind)
         found = LiteModel(bundle.model_path, xnnpack=False).signatures
         assert found == bundle.manifest["signatures"]
@@ -738,7 +772,7 @@ def test_a_manifest_that_contradicts_its_model_or_itself_is_refused(seq2seq_bund
         return change
 
     index = ("signatures", "decode", "inputs", "index", "shape")
-    assert "expected [1] in format version 2" in refused(set_in(*index, value=[]))
+    assert "expected [1] in format version 3" in refused(set_in(*index, value=[]))
     assert "target is" in refused(set_in("max_lengths", "target", value=LENGTH + 1))
     assert "vocabulary is 400 here but 999" in refused(set_in("vocabulary_size", value=999))
     assert "outside the vocabulary" in refused(set_in("special_tokens", "end", value=VOCABULARY))
@@ -752,9 +786,14 @@ def test_a_manifest_that_contradicts_its_model_or_itself_is_refused(seq2seq_bund
     assert "not part of a seq2seq bundle" in refused(
         lambda manifest: manifest["signatures"].update(extra=manifest["signatures"]["encode"])
     )
-    # Format version 1 (a rank-0 index) is still read.
+    # Format version 1 (a rank-0 index, no batch or bucket signatures) is still read.
     version1 = tmp_path / "version1"
     _copy(seq2seq_bundle, version1)
+    assert "need format version 3, not 1" in refused(set_in("format_version", value=1))
+    _rewrite_manifest(
+        version1,
+        lambda manifest: [manifest["signatures"].pop(n) for n in ("decode_batch", "encode_8")],
+    )
     _rewrite_manifest(version1, set_in(*index, value=[]))
     _rewrite_manifest(version1, set_in("signatures", "decode_beam", *index[2:], value=[]))
     _rewrite_manifest(version1, set_in("format_version", value=1))

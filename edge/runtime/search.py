@@ -92,6 +92,27 @@ def continue_tokens(
     return tokens
 
 
+def greedy_rows(feed: Feed, count: int, start_id: int, end_id: int, limit: int) -> list[list[int]]:
+    """Greedy tokens of ``count`` independent rows fed together (batch translation).
+
+    Row ``i`` gets exactly what ``continue_tokens`` gives it alone after ``start_id``: at most
+    ``limit`` tokens, up to and including its end token. A row that has ended is fed its end
+    token (its logits are ignored) until every row has ended or ``limit`` is reached.
+    """
+    tokens = np.full(count, start_id, np.int32)
+    written: list[list[int]] = [[] for _ in range(count)]
+    ended = np.zeros(count, bool)
+    for index in range(limit):
+        chosen = np.argmax(feed(tokens, index), axis=-1).astype(np.int32)
+        for row in np.flatnonzero(~ended):
+            written[row].append(int(chosen[row]))
+        ended |= chosen == end_id
+        if ended.all():
+            break
+        tokens = np.where(ended, np.int32(end_id), chosen)
+    return written
+
+
 def beam_search(
     feed: Feed,
     reorder: Callable[[np.ndarray], None],

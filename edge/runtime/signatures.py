@@ -13,13 +13,20 @@ be the same wherever it appears in the model (``target`` is also ``max_lengths.t
                                   index int32 [1], cross_attention_cache, source_mask
                                   -> logits float32 [1, 1, vocabulary], cache
                      decode_beam  (optional) decode for ``beam`` rows at once (beam >= 2)
+                     decode_batch (optional) decode for ``batch`` rows at once (batch >= 2),
+                                  each row its own sentence: batch translation
+                     encode_N     (optional, N < source) encode of a source of at most N
+                                  tokens: ``source`` is N in all three tensors; the runtime
+                                  pads the outputs back to ``source`` (masked out)
     language_model   prefill      tokens int32 [1, prefill], cache [1, L, 2, H, context, D]
                                   -> logits float32 [1, prefill, vocabulary], cache
                      decode       token int32 [1, 1], cache, index int32 [1] -> logits, cache
+                     prefill_N    (optional, N < prefill) prefill of at most N tokens
     classifier       classify     token_ids int32 [1, tokens] -> logits float32 [1, classes]
     tagger           tag          token_ids int32 [1, tokens] -> logits [1, tokens, classes]
 
 ``index`` is the cache position a decode step writes, one int32 in a tensor of shape ``[1]``.
+Format version 3 added the optional ``decode_batch``, ``encode_N`` and ``prefill_N``.
 Format version 1 exported it with shape ``[]`` (rank 0): ai-edge-litert's aarch64 build
 (2.1.6 to 2.3.0, at least) crashes when its signature runner resizes a rank-0 input, so version
 2 has no rank-0 input anywhere. The runtime reads both (it never resizes an input).
@@ -68,6 +75,7 @@ SIGNATURES: dict[str, dict[str, dict[str, dict[str, TensorSpec]]]] = {
         },
         "decode": _decode(True, "target"),
         "decode_beam": _decode(True, "target"),
+        "decode_batch": _decode(True, "target"),
     },
     "language_model": {
         "prefill": {
@@ -95,10 +103,32 @@ SIGNATURES: dict[str, dict[str, dict[str, dict[str, TensorSpec]]]] = {
         }
     },
 }
-OPTIONAL = {"decode_beam"}
+OPTIONAL = {"decode_beam", "decode_batch"}
+# Signatures of several rows: the name of their row count.
+MULTI_ROW = {"decode_beam": "beam", "decode_batch": "batch"}
+# kind -> (signature exported at shorter lengths as ``{signature}_{N}``, its length's name).
+BUCKETED = {"seq2seq": ("encode", "source"), "language_model": ("prefill", "prefill")}
 # The shape of ``index`` in each format version the runtime reads.
-POSITION_SHAPES = {1: (), 2: (1,)}
-POSITION_SHAPE = POSITION_SHAPES[2]  # what the converter exports
+POSITION_SHAPES = {1: (), 2: (1,), 3: (1,)}
+POSITION_SHAPE = POSITION_SHAPES[3]  # what the converter exports
+
+
+def bucket_name(signature: str, length: int) -> str:
+    """The name of ``signature`` exported at a shorter ``length``: ``encode_16``."""
+    return f"{signature}_{length}"
+
+
+def bucket_length(name: str, signature: str) -> int | None:
+    """``N`` when ``name`` is ``{signature}_{N}`` (a length bucket of ``signature``)."""
+    head, _, tail = name.rpartition("_")
+    if head != signature or not tail.isdigit() or tail != str(int(tail)) or int(tail) < 1:
+        return None
+    return int(tail)
+
+
+def buckets(names, signature: str) -> list[int]:
+    """The bucket lengths of ``signature`` among signature ``names``, shortest first."""
+    return sorted(n for name in names if (n := bucket_length(name, signature)) is not None)
 
 
 def position(index: int, shape: tuple[int, ...] = POSITION_SHAPE) -> np.ndarray:
@@ -114,7 +144,7 @@ def check_signatures(
     kind: str,
     signatures: Mapping[str, Any],
     sizes: Mapping[str, int],
-    format_version: int = 2,
+    format_version: int = 3,
 ) -> dict[str, int]:
     """Check ``signatures`` (as ``LiteModel.signatures`` reports them) against the contract.
 
@@ -130,14 +160,35 @@ def check_signatures(
     missing = sorted(set(expected) - OPTIONAL - set(signatures))
     if missing:
         raise SignatureMismatch(f"a {kind} model needs the signatures {missing}")
-    unknown = sorted(set(signatures) - set(expected))
+    bucketed, length_name = BUCKETED.get(kind, ("", ""))
+    lengths = {name: bucket_length(name, bucketed) for name in signatures if bucketed}
+    unknown = sorted(set(signatures) - set(expected) - {n for n, v in lengths.items() if v})
     if unknown:
         raise SignatureMismatch(f"signatures {unknown} are not part of a {kind} bundle")
+    newer = sorted(n for n in signatures if n == "decode_batch" or lengths.get(n))
+    if newer and format_version < 3:
+        raise SignatureMismatch(f"signatures {newer} need format version 3, not {format_version}")
     bound = {name: int(value) for name, value in sizes.items()}
     for name in expected:
         if name in signatures:
-            rows = {"rows": 1} if name != "decode_beam" else {}
+            rows = {} if name in MULTI_ROW else {"rows": 1}
             _check_signature(name, expected[name], signatures[name], bound, rows, format_version)
+    for name, length in lengths.items():
+        if length is None:
+            continue
+        if length >= bound[length_name]:
+            raise SignatureMismatch(
+                f"signature {name!r}: a bucket must be shorter than {length_name} "
+                f"({bound[length_name]})"
+            )
+        shorter = {
+            side: {
+                tensor: (dtype, tuple(length if dim == length_name else dim for dim in dims))
+                for tensor, (dtype, dims) in tensors.items()
+            }
+            for side, tensors in expected[bucketed].items()
+        }
+        _check_signature(name, shorter, signatures[name], bound, {"rows": 1}, format_version)
     return bound
 
 
@@ -193,8 +244,10 @@ def _bind_shape(
             continue
         table = local if dim == "rows" else bound
         if dim == "rows" and "rows" not in local:
-            if size < 2:  # decode_beam: a beam of one is the decode signature
-                raise SignatureMismatch(f"{where}: {size} rows, a beam signature needs 2 or more")
+            if size < 2:  # decode_beam/decode_batch: one row is the decode signature
+                raise SignatureMismatch(
+                    f"{where}: {size} rows, a signature of several rows needs 2 or more"
+                )
         if table.setdefault(dim, size) != size:
             raise SignatureMismatch(
                 f"{where}: {dim} is {size} here but {table[dim]} elsewhere in the bundle"
@@ -214,8 +267,8 @@ def signature_table() -> str:
                 for tensor, (dtype, dims) in tensors.items():
                     if dims == ("position",):
                         dims = POSITION_SHAPE
-                    if name == "decode_beam":
-                        dims = tuple("beam" if dim == "rows" else dim for dim in dims)
+                    if name in MULTI_ROW:
+                        dims = tuple(MULTI_ROW[name] if dim == "rows" else dim for dim in dims)
                     shape = ", ".join(str(1 if dim == "rows" else dim) for dim in dims)
                     rows.append(
                         f"| {kind} | `{name}` | {side[:-1]} | `{tensor}` | {dtype} | [{shape}] |"

@@ -5,11 +5,13 @@ A *runner* is anything with the two methods of :class:`Runner`: the runtime's ``
 (in ``keras_transformer_edge.runners``) the Keras endpoints, the tf-keras QAT wrapper and an
 ONNX session. On a runner:
 
-- :class:`Seq2SeqSteps` encodes one source, then ``feed(tokens, index)`` runs ``decode`` (or
+- :class:`Seq2SeqSteps` encodes one source (through the shortest ``encode_N`` length bucket that
+  holds it, :func:`encode_source`), then ``feed(tokens, index)`` runs ``decode`` (or
   ``decode_beam`` for all beams at once) and carries the cache; ``reorder(rows)`` follows the
   surviving beams. ``feed``/``reorder`` is the contract of ``search.py``'s greedy and beam search.
-- :class:`LanguageModelSteps` runs ``prefill`` on a prompt (longer prompts go on through
-  ``decode``), then ``feed`` one token at a time.
+- :class:`BatchSteps` feeds several sentences at once through ``decode_batch``.
+- :class:`LanguageModelSteps` runs ``prefill`` (or its shortest ``prefill_N``) on a prompt
+  (longer prompts go on through ``decode``), then ``feed`` one token at a time.
 - :func:`teacher_forced_logits` feeds given tokens and returns every step's logits;
   :class:`Recording` keeps every signature's inputs as it passes them on (calibration samples).
 
@@ -24,11 +26,13 @@ from typing import Protocol
 
 import numpy as np
 
-from keras_transformer_edge.runtime.signatures import position
+from keras_transformer_edge.runtime.signatures import bucket_name, buckets, position
 
 
 class Runner(Protocol):
-    """What the step drivers need of a model."""
+    """What the step drivers need of a model (``signatures``: its signature names as keys)."""
+
+    signatures: dict
 
     def run(self, signature: str, **inputs: np.ndarray) -> dict[str, np.ndarray]: ...
 
@@ -49,6 +53,43 @@ class Recording:
     def input_spec(self, signature: str, name: str) -> tuple[tuple[int, ...], np.dtype]:
         return self.runner.input_spec(signature, name)
 
+    @property
+    def signatures(self) -> dict:
+        return self.runner.signatures
+
+
+def shortest_bucket(runner: Runner, signature: str, length: int) -> str:
+    """The shortest ``{signature}_{N}`` with ``N >= length``, else ``signature`` itself."""
+    fitting = [n for n in buckets(runner.signatures, signature) if n >= length]
+    return bucket_name(signature, fitting[0]) if fitting else signature
+
+
+def _tokens_in(ids: np.ndarray) -> int:
+    """Positions up to the last non-padding id of a ``[1, L]`` row."""
+    nonzero = np.flatnonzero(ids[0])
+    return int(nonzero[-1]) + 1 if nonzero.size else 1
+
+
+def encode_source(runner: Runner, source_ids: np.ndarray, bucketed: bool = True) -> dict:
+    """``encode`` of one padded source ``[1, S]``, through the shortest length bucket that
+    holds its tokens (``encode_N``: an N-position encoder), its outputs zero-padded back to
+    ``S`` positions. The padding is masked out (``source_mask`` False) exactly as the full
+    encode's padded positions are, so every decode step is the same; only the encoder's cost
+    follows the sentence's length (a 10-token sentence runs 16 positions, not 64)."""
+    name = shortest_bucket(runner, "encode", _tokens_in(source_ids)) if bucketed else "encode"
+    if name == "encode":
+        return runner.run("encode", source_ids=source_ids)
+    length = runner.input_spec(name, "source_ids")[0][1]
+    outputs = runner.run(name, source_ids=np.ascontiguousarray(source_ids[:, :length]))
+    full = {
+        "cross_attention_cache": runner.input_spec("decode", "cross_attention_cache")[0],
+        "source_mask": runner.input_spec("decode", "source_mask")[0],
+    }
+    return {
+        key: np.pad(value, [(0, want - have) for have, want in zip(value.shape, full[key])])
+        for key, value in outputs.items()
+    }
+
 
 def _beam_rows(runner: Runner) -> int | None:
     try:
@@ -68,11 +109,14 @@ class Seq2SeqSteps:
         runner: a model with ``encode`` and ``decode`` (see :class:`Runner`).
         source_ids: ``[1, source length]`` int32, already padded.
         rows: decoder rows (beams).
+        bucketed: encode through the shortest length bucket (:func:`encode_source`).
     """
 
-    def __init__(self, runner: Runner, source_ids: np.ndarray, rows: int = 1) -> None:
+    def __init__(
+        self, runner: Runner, source_ids: np.ndarray, rows: int = 1, bucketed: bool = True
+    ) -> None:
         self.runner, self.rows = runner, rows
-        encoded = runner.run("encode", source_ids=source_ids)
+        encoded = encode_source(runner, source_ids, bucketed)
         beam_rows = _beam_rows(runner) if rows > 1 else None
         self.signature = "decode" if rows == 1 else "decode_beam" if beam_rows == rows else None
         cache_shape, _ = runner.input_spec("decode", "cache")
@@ -113,11 +157,52 @@ class Seq2SeqSteps:
         self.cache = self.cache[rows]
 
 
+class BatchSteps:
+    """``feed`` for several sentences at once through ``decode_batch`` (batch translation).
+
+    Each source is encoded on its own (:func:`encode_source`) and the encodings stacked; a
+    batch with fewer sentences than the signature's rows fills the rest with copies of its last
+    sentence, whose logits are dropped. Rows never mix: row ``i``'s logits are those of
+    sentence ``i`` decoded alone.
+
+    Args:
+        runner: a model with ``encode`` and ``decode_batch``.
+        sources: ``[n, source length]`` int32, padded, ``n`` at most the signature's rows.
+    """
+
+    def __init__(self, runner: Runner, sources: np.ndarray) -> None:
+        self.runner, self.count = runner, len(sources)
+        self.rows = runner.input_spec("decode_batch", "token")[0][0]
+        if not 1 <= self.count <= self.rows:
+            raise ValueError(f"BatchSteps: {self.count} sources for {self.rows} rows")
+        encoded = [encode_source(runner, source[None]) for source in sources]
+        encoded += [encoded[-1]] * (self.rows - self.count)
+        self.encoded = {name: np.concatenate([one[name] for one in encoded]) for name in encoded[0]}
+        cache_shape, _ = runner.input_spec("decode_batch", "cache")
+        self.cache = np.zeros(cache_shape, np.float32)
+        self.position_shape, _ = runner.input_spec("decode_batch", "index")
+
+    def feed(self, tokens: np.ndarray, index: int) -> np.ndarray:
+        """Logits ``[n, V]`` after writing ``tokens`` ``[n]`` at position ``index``."""
+        padded = np.empty(self.rows, np.int32)
+        padded[: self.count] = tokens
+        padded[self.count :] = tokens[-1]
+        outputs = self.runner.run(
+            "decode_batch",
+            token=padded.reshape(self.rows, 1),
+            cache=self.cache,
+            index=position(index, self.position_shape),
+            **self.encoded,
+        )
+        self.cache = outputs["cache"]
+        return outputs["logits"][: self.count, 0]
+
+
 class LanguageModelSteps:
     """One sequence's cache over ``prefill`` and ``decode`` (one row)."""
 
-    def __init__(self, runner: Runner) -> None:
-        self.runner = runner
+    def __init__(self, runner: Runner, bucketed: bool = True) -> None:
+        self.runner, self.bucketed = runner, bucketed
         tokens_shape, _ = runner.input_spec("prefill", "tokens")
         self.prefill_length = tokens_shape[1]
         cache_shape, _ = runner.input_spec("decode", "cache")
@@ -133,9 +218,11 @@ class LanguageModelSteps:
         """
         tokens = np.asarray(tokens, np.int32).reshape(-1)
         head = tokens[: self.prefill_length]
-        padded = np.zeros((1, self.prefill_length), np.int32)
+        # The shortest prefill_N that holds the prompt: N positions of work, not prefill's.
+        name = shortest_bucket(self.runner, "prefill", head.size) if self.bucketed else "prefill"
+        padded = np.zeros(self.runner.input_spec(name, "tokens")[0], np.int32)
         padded[0, : head.size] = head
-        outputs = self.runner.run("prefill", tokens=padded, cache=self.cache)
+        outputs = self.runner.run(name, tokens=padded, cache=self.cache)
         self.cache = outputs["cache"]
         logits = [outputs["logits"][0, : head.size]]
         logits += [self.feed(tokens[i : i + 1], i) for i in range(head.size, tokens.size)]

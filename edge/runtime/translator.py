@@ -17,8 +17,8 @@ import numpy as np
 from keras_transformer_edge.runtime import options
 from keras_transformer_edge.runtime.bundle import Bundle
 from keras_transformer_edge.runtime.interpreter import LiteModel
-from keras_transformer_edge.runtime.search import beam_search, continue_tokens
-from keras_transformer_edge.runtime.steps import Seq2SeqSteps
+from keras_transformer_edge.runtime.search import beam_search, continue_tokens, greedy_rows
+from keras_transformer_edge.runtime.steps import BatchSteps, Seq2SeqSteps
 from keras_transformer_edge.runtime.task import Task
 
 
@@ -87,6 +87,49 @@ class Translator(Task):
         ``options``: ``beam_size``, ``length_penalty``, ``max_length`` for this call.
         """
         return self.decode(self.translate_ids(self.source_ids(text), **options))
+
+    @property
+    def batch_rows(self) -> int:
+        """Sentences one batched decode step advances (``decode_batch``'s rows), else 1."""
+        if "decode_batch" not in self.model.signatures:
+            return 1
+        return self.model.input_spec("decode_batch", "token")[0][0]
+
+    def translate_many(self, texts: Sequence[str], **options: Any) -> list[str]:
+        """The translations of ``texts``, in order: greedy ones in batches of
+        :attr:`batch_rows` sentences of similar length (each the same as alone), beam ones one
+        at a time. ``options`` as :meth:`translate`."""
+        sources = [self.source_ids(text) for text in texts]
+        return [self.decode(ids) for ids in self.translate_ids_many(sources, **options)]
+
+    def translate_ids_many(
+        self,
+        sources: Sequence[Sequence[int]],
+        beam_size: int | None = None,
+        length_penalty: float | None = None,
+        max_length: int | None = None,
+    ) -> list[list[int]]:
+        """:meth:`translate_ids` of every source, batched where the search is greedy."""
+        beam_size, alpha, limit = self.check_options(beam_size, length_penalty, max_length)
+        checked = [self.check_ids(ids, self.source_length, "source_ids") for ids in sources]
+        rows = self.batch_rows
+        if beam_size > 1 or rows == 1:
+            return [self.translate_ids(ids, beam_size, alpha, limit) for ids in checked]
+        results: list[list[int]] = [[] for _ in checked]
+        # Similar lengths share a batch: its steps run until its longest translation ends.
+        order = sorted(
+            (i for i, ids in enumerate(checked) if ids.size), key=lambda i: checked[i].size
+        )
+        for start in range(0, len(order), rows):
+            chunk = order[start : start + rows]
+            padded = np.zeros((len(chunk), self.source_length), np.int32)
+            for row, i in enumerate(chunk):
+                padded[row, : checked[i].size] = checked[i]
+            steps = BatchSteps(self.model, padded)
+            written = greedy_rows(steps.feed, len(chunk), self.start_id, self.end_id, limit)
+            for i, tokens in zip(chunk, written, strict=True):
+                results[i] = tokens
+        return results
 
     def translate_ids(
         self,
