@@ -34,6 +34,8 @@ TENSORFLOW = [
     "keras-nlp>=0.32,<0.33",
     "keras-hub>=0.32,<0.33",
     "tensorflow-model-optimization>=0.8.1,<0.9",
+    # int4 weights after conversion (edge/post_quantize.py); it pins ai-edge-litert 2.3.0.
+    "ai-edge-quantizer>=0.10,<0.11",
     "tf-keras>=2.21,<2.22",
     # keras-hub's WordPiece and SentencePiece tokenizers run on tensorflow-text ops.
     "tensorflow-text>=2.21,<2.22",

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from keras_transformer.errors import ExitCode, ProjectError, report_error
 from keras_transformer_edge.convert import ConversionError
-from keras_transformer_edge.modes import CONVERTER_MODES, MODES
+from keras_transformer_edge.modes import CONVERTIBLE_MODES, MODES
 
 # ``quantize``'s modes: every mode but fp32 (modes.py).
 QUANTIZED_MODES = tuple(mode for mode in MODES if mode != "fp32")
@@ -48,7 +48,7 @@ def _parser(prog: str | None = None) -> argparse.ArgumentParser:
         sub.add_argument("--parity-examples", type=int, default=256, help="0: no gate")
         return sub
 
-    bundle_command("convert", "convert a run to a parity-gated bundle", CONVERTER_MODES, "fp32")
+    bundle_command("convert", "convert a run to a parity-gated bundle", CONVERTIBLE_MODES, "fp32")
     quantize = bundle_command(
         "quantize",
         "quantize a run to a parity-gated bundle (post-training, or qat_int8: "

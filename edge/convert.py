@@ -40,7 +40,12 @@ from keras_transformer_edge.calibration import (
     representative_dataset,
     seq2seq_samples,
 )
-from keras_transformer_edge.modes import CALIBRATED_MODES, CONVERTER_MODES
+from keras_transformer_edge.modes import (
+    CALIBRATED_MODES,
+    CONVERTER_MODES,
+    CONVERTIBLE_MODES,
+    POST_QUANTIZED_MODES,
+)
 from keras_transformer_edge.runtime.signatures import POSITION_SHAPE, bucket_name
 
 Endpoints = dict[str, tuple[Callable, list[tf.TensorSpec]]]
@@ -326,6 +331,19 @@ def convert(
     ``calibration``: model-input batches from the training pipeline, for the calibrated
     modes (run through the fp32 model to get every signature's inputs).
     """
+    if mode not in CONVERTIBLE_MODES:
+        raise ConversionError(f"unknown conversion mode {mode!r}; valid modes: {CONVERTIBLE_MODES}")
+    if mode in POST_QUANTIZED_MODES:
+        from keras_transformer_edge import post_quantize
+
+        with tempfile.TemporaryDirectory() as scratch:
+            with post_quantize.embedding_lookups(model):
+                saved = export_saved_model(model, endpoints, Path(workdir or scratch) / "saved")
+            float_flatbuffer = convert_saved_model(saved, endpoints, "fp32")
+        with _one_line_errors():
+            flatbuffer = post_quantize.quantize(float_flatbuffer, mode)
+        check_builtin_ops(flatbuffer)
+        return flatbuffer
     calibrated = mode in CALIBRATED_MODES
     with tempfile.TemporaryDirectory() as scratch:
         # Integer activations need attention scores with a small range: see bounded_attention.

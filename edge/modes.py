@@ -2,9 +2,10 @@
 it needs calibration, what the parity gate lets it lose, and where it stands for shipping.
 
 Adding a mode is a row here and its producer: ``"converter"`` modes are TFLite converter
-settings (``convert.make_converter``), ``"qat"`` is quantization-aware fine-tuning
-(``optimize``). Everything else (the ``convert``/``quantize`` commands, the parity gate, the
-main job's mode list and its choice of the shipping bundle) reads this table.
+settings (``convert.make_converter``), ``"ai_edge_quantizer"`` modes rewrite the converted
+float model (``post_quantize``), ``"qat"`` is quantization-aware fine-tuning (``optimize``).
+Everything else (the ``convert``/``quantize`` commands, the parity gate, the main job's mode
+list and its choice of the shipping bundle) reads this table.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class Mode:
     Args:
         name: the mode's name in commands, manifests and reports.
         summary: weights and activations, in a few words.
-        producer: ``"converter"`` (post-training, the TFLite converter) or ``"qat"``.
+        producer: ``"converter"`` (post-training, the TFLite converter),
+            ``"ai_edge_quantizer"`` (post-conversion) or ``"qat"``.
         calibrated: needs representative inputs (integer activations).
         tolerance: the parity gate's bounds.
         ship_rank: preference for the shipping bundle, lower first; ``None``: never chosen.
@@ -55,20 +57,29 @@ class Mode:
 
 _ROWS = (
     Mode("fp32", "float32 weights and activations", "converter", False,
-         Tolerance(1e-3, 0.999, 0.1), 4, True),
+         Tolerance(1e-3, 0.999, 0.1), 5, True),
     Mode("float16", "float16 weights, float32 activations", "converter", False,
-         Tolerance(5e-2, 0.98, 0.5), 3, True),
+         Tolerance(5e-2, 0.98, 0.5), 4, True),
     Mode("dynamic_int8", "int8 weights, float32 activations (int8 matmuls on the fly)",
-         "converter", False, Tolerance(None, 0.9, 0.5), 0, True),
+         "converter", False, Tolerance(None, 0.9, 0.5), 1, True),
     Mode("full_int8", "int8 weights and activations, calibrated", "converter", True,
-         Tolerance(None, 0.8, 1.0), 1, True),
+         Tolerance(None, 0.8, 1.0), 2, True),
+    Mode("int4", "int4 weights per channel, float32 activations (ai-edge-quantizer)",
+         "ai_edge_quantizer", False, Tolerance(None, 0.85, 1.0), None, False),
+    Mode("int4_blockwise", "int4 weights in blocks of 32, float32 activations (ai-edge-quantizer)",
+         "ai_edge_quantizer", False, Tolerance(None, 0.85, 1.0), 0, True),
     Mode("int16_activations", "int8 weights, int16 activations (refused: TF bug #60799)",
          "converter", True, Tolerance(None, 0.9, 0.5), None, False),
     Mode("qat_int8", "full int8 after quantization-aware fine-tuning", "qat", True,
-         Tolerance(None, 0.8, 1.0), 2, False),
+         Tolerance(None, 0.8, 1.0), 3, False),
 )  # fmt: skip
 MODES: dict[str, Mode] = {mode.name: mode for mode in _ROWS}
 CONVERTER_MODES = tuple(name for name, mode in MODES.items() if mode.producer == "converter")
+POST_QUANTIZED_MODES = tuple(
+    name for name, mode in MODES.items() if mode.producer == "ai_edge_quantizer"
+)
+# What ``convert.convert`` makes from a Keras model directly (no fine-tuning).
+CONVERTIBLE_MODES = CONVERTER_MODES + POST_QUANTIZED_MODES
 CALIBRATED_MODES = tuple(name for name, mode in MODES.items() if mode.calibrated)
 MAIN_JOB_MODES = tuple(name for name, mode in MODES.items() if mode.in_main_job)
 SHIP_PREFERENCE = tuple(

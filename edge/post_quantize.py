@@ -1,0 +1,118 @@
+"""int4 weights after conversion, with ai-edge-quantizer (the LiteRT team's quantizer).
+
+The TFLite converter has no int4; ai-edge-quantizer (PyPI ``ai-edge-quantizer``, no TensorFlow)
+rewrites an already converted float ``.tflite``: its dynamic recipes store FULLY_CONNECTED and
+EMBEDDING_LOOKUP weights in int4 (per output channel, or in blocks of 32 inputs) and quantize
+activations on the fly. Two facts of our export decide how much it covers:
+
+- every projection (attention, feed-forward, the output head) is a FULLY_CONNECTED with a
+  constant weight: covered. BATCH_MATMUL (attention scores, activations only) has no weight.
+- a Keras ``Embedding`` converts to GATHER, which its dynamic recipes skip (6.1 MB of the
+  8.6M-parameter en-fr model's 34.6 MB escaped: 23.5 MB, not 5). :func:`embedding_lookups`
+  exports the embeddings as EMBEDDING_LOOKUP instead, which the recipes cover. The target
+  table is also the tied output head's weight: both ops read one int4 tensor.
+
+:func:`quantize` returns the int4 flatbuffer; :func:`tensor_errors` is the quantizer's own
+per-tensor comparison with the float model on real inputs (its ``validate``), for the
+per-layer error report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Iterator
+
+import keras
+import tensorflow as tf
+
+from keras_transformer_edge import private_api
+
+# mode -> ai-edge-quantizer recipe (a function of ai_edge_quantizer.recipe).
+RECIPES = {
+    "int4": "dynamic_wi4_afp32",  # int4 per output channel
+    "int4_blockwise": "dynamic_wi4b32_afp32",  # int4 in blocks of 32 inputs, a scale each
+}
+
+
+@tf.function(
+    experimental_implements="embedding_matmul",
+    input_signature=[tf.TensorSpec([None, None]), tf.TensorSpec([None], tf.int32)],
+)
+def _lookup(table, ids):
+    """Rows ``ids`` of ``table``. The converter's composite-function pass replaces this whole
+    function (by its ``embedding_matmul`` name) with one EMBEDDING_LOOKUP op; the body, a
+    one-hot matmul, is the reference it stands for and only runs in TensorFlow."""
+    one_hot = tf.cast(tf.equal(ids[:, None], tf.range(tf.shape(table)[0])), table.dtype)
+    return tf.matmul(one_hot, table)
+
+
+@contextlib.contextmanager
+def embedding_lookups(model: keras.Model) -> Iterator[keras.Model]:
+    """Inside, every ``keras.layers.Embedding`` of ``model`` looks up through
+    :func:`_lookup` (exported as EMBEDDING_LOOKUP); outside, as before. The values are the same
+    rows either way."""
+    layers = [
+        layer for layer in private_api.nested_layers(model) if type(layer) is keras.layers.Embedding
+    ]
+
+    def lookup_call(layer):
+        def call(inputs):
+            ids = tf.cast(inputs, tf.int32)
+            rows = _lookup(tf.convert_to_tensor(layer.embeddings), tf.reshape(ids, [-1]))
+            return tf.reshape(rows, tf.concat([tf.shape(ids), [layer.output_dim]], 0))
+
+        return call
+
+    for layer in layers:
+        layer.call = lookup_call(layer)  # an instance attribute: Layer.__call__ finds it first
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            del layer.call
+
+
+def _quantizer(float_flatbuffer: bytes, mode: str):
+    from ai_edge_quantizer import quantizer, recipe
+
+    engine = quantizer.Quantizer(bytearray(float_flatbuffer))
+    engine.load_quantization_recipe(getattr(recipe, RECIPES[mode])())
+    return engine
+
+
+def quantize(float_flatbuffer: bytes, mode: str) -> bytes:
+    """The float model with int4 weights as ``mode`` (a key of :data:`RECIPES`) says."""
+    engine = _quantizer(float_flatbuffer, mode)
+    # ai-edge-quantizer 0.10 does not pass enable_progress_bar on to its transformation step,
+    # whose tqdm bar then goes to stderr for any model of 100 tensors or more.
+    with contextlib.redirect_stderr(io.StringIO()):
+        result = engine.quantize(enable_progress_bar=False, enable_progress_report=False)
+    return inline_buffers(bytes(result.quantized_model))
+
+
+def inline_buffers(flatbuffer: bytes) -> bytes:
+    """``flatbuffer`` with every buffer stored inside the flatbuffer itself.
+
+    ai-edge-quantizer writes weights after the flatbuffer's end, found by ``Buffer.offset``
+    (the >2 GB layout). Anything that re-packs the model from the schema (adding the bundle's
+    metadata) keeps the table and loses that tail: a 5 MB model came out 1.7 MB and unreadable
+    ("Constant buffer 1 specified an out of range offset"). Inline, it is an ordinary model.
+    """
+    import flatbuffers
+    import numpy as np
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(flatbuffer, 0))
+    moved = 0
+    for buffer in model.buffers or []:
+        if buffer.offset > 1:  # 0: inline; 1: the placeholder of an empty external buffer
+            start, size = buffer.offset, buffer.size
+            buffer.data = np.frombuffer(flatbuffer, np.uint8, size, start).copy()
+            buffer.offset = buffer.size = 0
+            moved += 1
+    if not moved:
+        return flatbuffer
+    builder = flatbuffers.Builder(len(flatbuffer) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
