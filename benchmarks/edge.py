@@ -22,7 +22,8 @@ the decoder's weights once per token (int8 cuts that by 4), while the re-run dec
 the lower one.
 
     python benchmarks/edge.py [--run runs/quality/ours] [--sentences 1152]
-        [--modes fp32,float16,dynamic_int8,full_int8,qat_int8] [--qat-steps 300] [--threads 1]
+        [--modes fp32,float16,dynamic_int8,full_int8,int4,int4_blockwise,qat_int8]
+        [--qat-steps 300] [--threads 1] [--ct2-sentences 16] [--ct2-rounds 5]
 
 ``qat_int8`` fine-tunes the model quantization-aware (tensorflow-model-optimization,
 ``edge/optimize.py``) on the run's training batches for ``--qat-steps`` and converts it to
@@ -34,7 +35,10 @@ Without a trained run at ``--run``, recipes/en-fr.yaml trains one there first fo
 ``--train-seconds`` (about 32 BLEU after 600 s on 2 cores). The last line printed is one JSON
 object: ``modes`` (size_bytes, size_vs_fp32, decode_p50_ms, tokens_per_s, bleu, bleu_delta,
 top1_agreement with Keras greedy tokens), ``keras``, ``cached_vs_recompute``,
-``tflite_vs_keras_generation``.
+``tflite_vs_keras_generation``, ``ctranslate2`` (:func:`versus_ctranslate2`: the same weights in
+CTranslate2, int8 both sides), ``shipping`` (the bundle the main job would ship) and
+``batch_translation`` (:func:`batch_translation`). ``--run DIR`` takes a finished main-job run
+(``runs/main/run``) as well as a training run.
 """
 
 from __future__ import annotations
@@ -69,8 +73,11 @@ NEW_TOKENS = 64
 
 
 def trained_run(run: Path, train_seconds: float) -> Path:
-    if (run / "model.keras").is_file():
-        return run
+    """A training run's folder: ``run`` itself, or the ``run/`` of a main-job output folder
+    (``keras-transformer run --output DIR``); else one trained there now."""
+    for candidate in (run, run / "run"):
+        if (candidate / "model.keras").is_file():
+            return candidate
     recipe = load_recipe(
         ROOT / "recipes" / "en-fr.yaml",
         {"output_dir": str(run), "training.time_budget_s": train_seconds},
@@ -253,6 +260,29 @@ def versus_ctranslate2(
     }
 
 
+def batch_translation(bundle: Path, sources: list[str], threads: int) -> dict:
+    """Sentences/s of greedy translation one sentence at a time and in ``decode_batch``
+    batches (``Translator.translate_many``), same bundle, same sentences; ``same_outputs``:
+    share of translations that are identical (each row is its sentence decoded alone)."""
+    translator = Translator.from_bundle(bundle, num_threads=threads)
+    translator.translate_many(sources[:8], beam_size=1)  # warm-up
+    began = time.perf_counter()
+    alone = [translator.translate(source, beam_size=1) for source in sources]
+    one_at_a_time = time.perf_counter() - began
+    began = time.perf_counter()
+    batched = translator.translate_many(sources, beam_size=1)
+    in_batches = time.perf_counter() - began
+    return {
+        "mode": bundle.name,
+        "batch_rows": translator.batch_rows,
+        "sentences": len(sources),
+        "batch_1_sentences_per_s": round(len(sources) / one_at_a_time, 1),
+        "batched_sentences_per_s": round(len(sources) / in_batches, 1),
+        "ratio": round(one_at_a_time / in_batches, 2),
+        "same_outputs": round(float(np.mean([a == b for a, b in zip(alone, batched)])), 4),
+    }
+
+
 def shipping(modes: dict) -> dict | None:
     """The bundle the main job would ship, with its figures."""
     mode = shipping_mode(modes)
@@ -271,7 +301,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, default=ROOT / "runs" / "quality" / "ours")
     parser.add_argument("--sentences", type=int, default=1152)
-    parser.add_argument("--modes", default="fp32,float16,dynamic_int8,full_int8,qat_int8")
+    parser.add_argument(
+        "--modes", default="fp32,float16,dynamic_int8,full_int8,int4,int4_blockwise,qat_int8"
+    )
     parser.add_argument("--qat-steps", type=int, default=300)
     # One thread: a batch-1 decode step is ~0.2-0.4 ms of small ops, which a second thread
     # slows down (measured 0.41 vs 1.0 ms fp32); see cached_vs_recompute for the other side.
@@ -327,6 +359,9 @@ def main() -> None:
         args.threads,
     )  # fmt: skip
     print(f"ctranslate2: {peer}", flush=True)
+    shipped = shipping(modes)
+    batch = batch_translation(bundles[shipped["mode"] if shipped else first], sources, args.threads)
+    print(f"batch translation: {batch}", flush=True)
     # The headline compares like with like: the float model against Keras float; the int8
     # figures stand beside it (*_by_mode).
     headline = speed_modes[0]
@@ -346,7 +381,8 @@ def main() -> None:
                 "tflite_vs_keras_generation_by_mode": versus_keras,
                 "headline_mode": headline,
                 "ctranslate2": peer,
-                "shipping": shipping(modes),
+                "shipping": shipped,
+                "batch_translation": batch,
             }
         )
     )

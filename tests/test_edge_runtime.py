@@ -364,6 +364,26 @@ def test_batches_and_length_buckets_give_each_sentence_its_own_translation(
     assert real.sum() <= 8 and not cache_bucket[..., 8:, :].any()
 
 
+def test_bound_steps_give_the_copying_paths_outputs(translator, monkeypatch):
+    from keras_transformer_edge.runtime import reserved
+
+    texts = TEXTS[:6]
+    bound = {beams: [translator.translate(t, beam_size=beams) for t in texts] for beams in (1, 3)}
+    batched = translator.translate_many(texts, beam_size=1)
+    calls = []
+    real_step = reserved.BoundStep.step
+    monkeypatch.setattr(
+        reserved.BoundStep, "step", lambda self, **kw: calls.append(1) or real_step(self, **kw)
+    )
+    translator.translate(texts[0], beam_size=3)
+    assert calls  # the reserved interpreter's steps were bound
+    # Without tensor views (another runtime): every input copied in, every output out.
+    monkeypatch.setattr(reserved.ReservedModel, "bind", lambda self, *args: None)
+    for beams, expected in bound.items():
+        assert [translator.translate(t, beam_size=beams) for t in texts] == expected
+    assert translator.translate_many(texts, beam_size=1) == batched == bound[1]
+
+
 def test_empty_text_and_bad_input(translator):
     assert translator.translate("") == "" and translator.translate("   ") == ""
     assert translator.translate_ids([]) == []

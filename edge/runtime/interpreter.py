@@ -21,13 +21,17 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from keras_transformer_edge.runtime import options
 from keras_transformer_edge.runtime.errors import BackendError, InputError, ModelError, one_line
+
+if TYPE_CHECKING:
+    from keras_transformer_edge.runtime.reserved import ReservedModel
 from keras_transformer_edge.runtime.litert_private import SignatureCall
 
 BACKENDS = ("ai_edge_litert", "tflite_runtime")
@@ -201,12 +205,19 @@ class LiteModel:
 
     def run(self, signature: str, **inputs: np.ndarray) -> dict[str, np.ndarray]:
         """Run ``signature`` on ``inputs`` (numpy arrays of its exact dtypes and shapes)."""
+        instance = self._acquire()
+        try:
+            return self.run_on(instance, signature, inputs)
+        finally:
+            self._release(instance)
+
+    def run_on(self, instance: _Instance, signature: str, inputs: dict) -> dict[str, np.ndarray]:
+        """:meth:`run` on one interpreter of the pool (the caller holds it)."""
         if signature not in self._specs:
             raise InputError(
                 f"the model has no signature {signature!r}; it has {sorted(self._specs)}"
             )
         self._check(signature, inputs)
-        instance = self._acquire()
         try:
             started = time.perf_counter()
             outputs = instance.calls[signature](inputs)
@@ -216,9 +227,23 @@ class LiteModel:
             raise ModelError(
                 f"{self.model_path}: {signature} failed in the interpreter: {one_line(error)}"
             ) from None
+        return outputs
+
+    def specs(self, signature: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Every input of ``signature``: name -> ``(shape, dtype)``."""
+        return self._specs[signature]
+
+    @contextlib.contextmanager
+    def reserved(self) -> Iterator[ReservedModel]:
+        """One interpreter of the pool held for a whole sequence (``runtime/reserved.py``):
+        the same ``run``, and ``bind`` for steps that copy almost nothing."""
+        from keras_transformer_edge.runtime.reserved import ReservedModel
+
+        instance = self._acquire()
+        try:
+            yield ReservedModel(self, instance)
         finally:
             self._release(instance)
-        return outputs
 
     def _acquire(self) -> _Instance:
         with self._available:

@@ -12,8 +12,15 @@ upgrade of ai-edge-litert or tflite-runtime moves any of it.
   change. The public ``Interpreter.set_tensor``/``invoke`` reach subgraph 0 only, and each
   signature of a bundle is its own subgraph.
 
+- the wrapper's ``tensor(base, index, subgraph)``: a numpy view of a tensor of any subgraph
+  (the public ``Interpreter.tensor`` reaches subgraph 0 only). :meth:`SignatureCall.views`
+  lets a decode loop write its inputs and read its outputs in place: the source's encoding is
+  written once per sentence instead of at every step, and the KV cache is carried from output
+  to input with one copy instead of three (``GetTensor``, the caller, ``SetTensor``).
+
 When the wrapper lacks any of these (a future release), :class:`SignatureCall` falls back to
-the public signature runner, which is safe for format-2 bundles (no rank-0 inputs).
+the public signature runner, which is safe for format-2 bundles (no rank-0 inputs), and
+:meth:`SignatureCall.views` returns ``None`` (the caller then copies as before).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import numpy as np
 
 # The wrapper methods used, each with the subgraph-index argument (TF >= 2.7, LiteRT 1.x-2.x).
 WRAPPER_METHODS = ("GetSubgraphIndexFromSignature", "AllocateTensors", "SetTensor", "Invoke")
-WRAPPER_METHODS += ("GetTensor",)
+WRAPPER_METHODS += ("GetTensor", "tensor")
 
 
 def interpreter_wrapper(interpreter: Any) -> Any | None:
@@ -47,6 +54,7 @@ class SignatureCall:
     """
 
     def __init__(self, interpreter: Any, signature: str) -> None:
+        self._interpreter = interpreter
         self._runner = interpreter.get_signature_runner(signature)
         self.input_details = self._runner.get_input_details()
         self.output_details = self._runner.get_output_details()
@@ -63,6 +71,26 @@ class SignatureCall:
     def private(self) -> bool:
         """Whether calls go through the wrapper (else through the public runner)."""
         return self._wrapper is not None
+
+    def views(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:
+        """``(inputs, outputs)``: numpy views of the signature's tensors, valid while the
+        interpreter lives (its tensors are allocated once and never resized); ``None``
+        without the wrapper. Write inputs, :meth:`invoke`, read outputs before the next call."""
+        wrapper = self._wrapper
+        if wrapper is None:
+            return None
+
+        def view(index: int) -> np.ndarray:
+            return wrapper.tensor(self._interpreter, index, self._subgraph)
+
+        return (
+            {name: view(index) for name, index in self._inputs},
+            {name: view(index) for name, index in self._outputs},
+        )
+
+    def invoke(self) -> None:
+        """Run the signature on what its input tensors hold (after :meth:`views` writes)."""
+        self._wrapper.Invoke(self._subgraph)
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         wrapper = self._wrapper

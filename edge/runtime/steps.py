@@ -91,6 +91,13 @@ def encode_source(runner: Runner, source_ids: np.ndarray, bucketed: bool = True)
     }
 
 
+def _bind(runner: Runner, signature: str | None, fixed: dict[str, np.ndarray]):
+    """``signature`` bound to a reserved interpreter (``runtime/reserved.py``) with its fixed
+    inputs written once, when the runner is one and the runtime allows; else ``None``."""
+    bind = getattr(runner, "bind", None)
+    return bind(signature, fixed) if bind is not None and signature is not None else None
+
+
 def _beam_rows(runner: Runner) -> int | None:
     try:
         return runner.input_spec("decode_beam", "token")[0][0]
@@ -125,15 +132,19 @@ class Seq2SeqSteps:
         self.encoded = encoded  # one row
         if self.signature == "decode_beam":  # every beam reads the same source
             self.encoded = {name: np.repeat(value, rows, axis=0) for name, value in encoded.items()}
+        self.bound = _bind(runner, self.signature, {**self.encoded, "cache": self.cache})
 
     def feed(self, tokens: np.ndarray, index: int) -> np.ndarray:
         """Logits ``[rows, V]`` after writing ``tokens`` ``[rows]`` at position ``index``."""
         at = position(index, self.position_shape)
+        token = np.asarray(tokens, np.int32).reshape(self.rows, 1)
+        if self.bound is not None:
+            return self.bound.step(token=token, index=at)["logits"][:, 0].copy()
         if self.signature is None:
             return np.concatenate([self._row(tokens, at, row) for row in range(self.rows)])
         outputs = self.runner.run(
             self.signature,
-            token=np.asarray(tokens, np.int32).reshape(self.rows, 1),
+            token=token,
             cache=self.cache,
             index=at,
             **self.encoded,
@@ -154,7 +165,10 @@ class Seq2SeqSteps:
 
     def reorder(self, rows: np.ndarray) -> None:
         """Row ``i`` of the cache becomes a copy of row ``rows[i]``."""
-        self.cache = self.cache[rows]
+        if self.bound is not None:
+            self.bound.reorder(rows)
+        else:
+            self.cache = self.cache[rows]
 
 
 class BatchSteps:
@@ -181,17 +195,22 @@ class BatchSteps:
         cache_shape, _ = runner.input_spec("decode_batch", "cache")
         self.cache = np.zeros(cache_shape, np.float32)
         self.position_shape, _ = runner.input_spec("decode_batch", "index")
+        self.bound = _bind(runner, "decode_batch", {**self.encoded, "cache": self.cache})
 
     def feed(self, tokens: np.ndarray, index: int) -> np.ndarray:
         """Logits ``[n, V]`` after writing ``tokens`` ``[n]`` at position ``index``."""
         padded = np.empty(self.rows, np.int32)
         padded[: self.count] = tokens
         padded[self.count :] = tokens[-1]
+        at = position(index, self.position_shape)
+        if self.bound is not None:
+            logits = self.bound.step(token=padded.reshape(self.rows, 1), index=at)["logits"]
+            return logits[: self.count, 0].copy()
         outputs = self.runner.run(
             "decode_batch",
             token=padded.reshape(self.rows, 1),
             cache=self.cache,
-            index=position(index, self.position_shape),
+            index=at,
             **self.encoded,
         )
         self.cache = outputs["cache"]

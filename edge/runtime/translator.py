@@ -120,15 +120,16 @@ class Translator(Task):
         order = sorted(
             (i for i, ids in enumerate(checked) if ids.size), key=lambda i: checked[i].size
         )
-        for start in range(0, len(order), rows):
-            chunk = order[start : start + rows]
-            padded = np.zeros((len(chunk), self.source_length), np.int32)
-            for row, i in enumerate(chunk):
-                padded[row, : checked[i].size] = checked[i]
-            steps = BatchSteps(self.model, padded)
-            written = greedy_rows(steps.feed, len(chunk), self.start_id, self.end_id, limit)
-            for i, tokens in zip(chunk, written, strict=True):
-                results[i] = tokens
+        with self.model.reserved() as model:  # one interpreter for the whole run
+            for start in range(0, len(order), rows):
+                chunk = order[start : start + rows]
+                padded = np.zeros((len(chunk), self.source_length), np.int32)
+                for row, i in enumerate(chunk):
+                    padded[row, : checked[i].size] = checked[i]
+                steps = BatchSteps(model, padded)
+                written = greedy_rows(steps.feed, len(chunk), self.start_id, self.end_id, limit)
+                for i, tokens in zip(chunk, written, strict=True):
+                    results[i] = tokens
         return results
 
     def translate_ids(
@@ -145,7 +146,10 @@ class Translator(Task):
             return []
         padded = np.zeros((1, self.source_length), np.int32)
         padded[0, : source.size] = source
-        steps = Seq2SeqSteps(self.model, padded, beam_size)
+        with self.model.reserved() as model:  # one interpreter for the whole translation
+            return self._search(Seq2SeqSteps(model, padded, beam_size), beam_size, alpha, limit)
+
+    def _search(self, steps: Seq2SeqSteps, beam_size: int, alpha: float, limit: int) -> list[int]:
         if beam_size == 1:
             first = steps.feed(np.array([self.start_id], np.int32), 0)[0]
             return continue_tokens(steps.feed, first, 1, limit + 1, self.end_id)
