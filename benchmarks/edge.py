@@ -58,6 +58,7 @@ import peer_ctranslate2  # noqa: E402  (benchmarks/, beside this script)
 import tensorflow as tf  # noqa: E402
 
 from keras_transformer_cli.device_modes import compare_modes, keras_greedy  # noqa: E402
+from keras_transformer_edge.bundle import bundle_from_run  # noqa: E402
 from keras_transformer_edge.convert import convert, seq2seq_endpoints  # noqa: E402
 from keras_transformer_edge.modes import shipping_mode  # noqa: E402
 from keras_transformer_edge.runtime.interpreter import LiteModel  # noqa: E402
@@ -123,11 +124,12 @@ def recompute_endpoints(model):
 
 def _greedy_cached(model: LiteModel, source_ids: np.ndarray, start_id: int) -> list[int]:
     """``NEW_TOKENS`` greedy tokens, one cached ``decode`` step each (end token ignored),
-    through the runtime's own step driver."""
-    steps, token, tokens = Seq2SeqSteps(model, source_ids), start_id, []
-    for index in range(NEW_TOKENS):
-        token = int(steps.feed(np.array([token], np.int32), index)[0].argmax())
-        tokens.append(token)
+    through the runtime's own step driver on a reserved interpreter, as ``Translator`` runs."""
+    with model.reserved() as reserved:
+        steps, token, tokens = Seq2SeqSteps(reserved, source_ids), start_id, []
+        for index in range(NEW_TOKENS):
+            token = int(steps.feed(np.array([token], np.int32), index)[0].argmax())
+            tokens.append(token)
     return tokens
 
 
@@ -197,7 +199,8 @@ def _padded(ids: list[int], length: int) -> np.ndarray:
 def _first_token(model: LiteModel, source_ids: np.ndarray, start_id: int) -> float:
     """Seconds from source ids to the first token's logits: encode and one decode step."""
     began = time.perf_counter()
-    Seq2SeqSteps(model, source_ids).feed(np.array([start_id], np.int32), 0)
+    with model.reserved() as reserved:
+        Seq2SeqSteps(reserved, source_ids).feed(np.array([start_id], np.int32), 0)
     return time.perf_counter() - began
 
 
@@ -260,10 +263,14 @@ def versus_ctranslate2(
     }
 
 
-def batch_translation(bundle: Path, sources: list[str], threads: int) -> dict:
+def batch_translation(
+    run: Path, mode: str, work_dir: Path, sources: list[str], threads: int, rows: int = 8
+) -> dict:
     """Sentences/s of greedy translation one sentence at a time and in ``decode_batch``
-    batches (``Translator.translate_many``), same bundle, same sentences; ``same_outputs``:
-    share of translations that are identical (each row is its sentence decoded alone)."""
+    batches of ``rows`` (``Translator.translate_many``), one ``mode`` bundle made with that
+    signature, the same sentences; ``same_outputs``: share of translations that are identical
+    (each row is its sentence decoded alone)."""
+    bundle = bundle_from_run(run, work_dir / f"{mode}-batch{rows}", mode, batch_rows=rows)
     translator = Translator.from_bundle(bundle, num_threads=threads)
     translator.translate_many(sources[:8], beam_size=1)  # warm-up
     began = time.perf_counter()

@@ -221,6 +221,7 @@ def bundle_from_run(
     which: str = "model",
     beam_size: int | None = None,
     prefill_length: int | None = None,
+    batch_rows: int = 1,
     calibration: Iterable | None = None,
     parity_examples: int = 256,
     tolerance: Tolerance | None = None,
@@ -239,6 +240,7 @@ def bundle_from_run(
         mode: the conversion mode (``convert.MODES``).
         which: ``"model"`` (final) or ``"best"`` checkpoint.
         beam_size: rows of the ``decode_beam`` signature (translation); default: the recipe's.
+        batch_rows: rows of a ``decode_batch`` signature (translation; 1: none).
         prefill_length: tokens of the ``prefill`` signature (language model); default: 32 or
             the context if shorter.
         calibration: model-input batches for the calibrated modes (see ``convert.convert``);
@@ -252,7 +254,7 @@ def bundle_from_run(
     from keras_transformer_edge.parity import gate
     from keras_transformer_edge.run_data import first_batch, load_run, parity_report
 
-    run = load_run(run_dir, which, beam_size, prefill_length)
+    run = load_run(run_dir, which, beam_size, prefill_length, batch_rows)
     recipe, model = run.recipe, run.model
     if mode in CALIBRATED_MODES and calibration is None:
         calibration = [first_batch(run, "train", 64, shuffle=True)]

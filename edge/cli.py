@@ -45,6 +45,10 @@ def _parser(prog: str | None = None) -> argparse.ArgumentParser:
         sub.add_argument("--mode", choices=modes, default=default, help=f"default: {default}")
         sub.add_argument("--beam", type=int, help="rows of decode_beam (translation)")
         sub.add_argument("--prefill", type=int, help="prefill tokens (language model)")
+        sub.add_argument(
+            "--batch-rows", type=int, default=1,
+            help="rows of a decode_batch signature for batch translation (default 1: none)",
+        )  # fmt: skip
         sub.add_argument("--parity-examples", type=int, default=256, help="0: no gate")
         return sub
 
@@ -109,8 +113,10 @@ def _convert(args) -> dict:
     if args.mode == "qat_int8":
         from keras_transformer_edge.bundle import qat_bundle_from_run
 
-        if args.which != "model" or args.beam or args.prefill:
-            raise ConversionError("qat_int8 takes the final model, without --beam or --prefill")
+        if args.which != "model" or args.beam or args.prefill or args.batch_rows != 1:
+            raise ConversionError(
+                "qat_int8 takes the final model, without --beam, --prefill or --batch-rows"
+            )
         figures = qat_bundle_from_run(args.run, args.output, args.qat_steps, args.parity_examples)
         bundle = args.output
     else:
@@ -121,6 +127,7 @@ def _convert(args) -> dict:
             args.which,
             beam_size=args.beam,
             prefill_length=args.prefill,
+            batch_rows=args.batch_rows,
             parity_examples=args.parity_examples,
             float_fallback=fallback,
         )

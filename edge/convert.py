@@ -90,6 +90,8 @@ def seq2seq_endpoints(
     """
     model.ensure_built()
     source = tf.TensorSpec((batch_size, model.encoder_sequence_length), tf.int32)
+    if not 1 <= batch_rows <= 64:
+        raise ConversionError(f"batch rows must be in [1, 64], got {batch_rows}")
     for length in encode_lengths:
         if not 1 <= length < source.shape[1]:
             raise ConversionError(
@@ -332,7 +334,9 @@ def convert(
     modes (run through the fp32 model to get every signature's inputs).
     """
     if mode not in CONVERTIBLE_MODES:
-        raise ConversionError(f"unknown conversion mode {mode!r}; valid modes: {CONVERTIBLE_MODES}")
+        raise ConversionError(
+            f"unknown quantization mode {mode!r}; valid modes: {CONVERTIBLE_MODES}"
+        )
     if mode in POST_QUANTIZED_MODES:
         from keras_transformer_edge import post_quantize
 

@@ -20,9 +20,6 @@ from keras_transformer_pipelines.config import Recipe
 from keras_transformer_pipelines.runs import FinishedRun, load_finished_run
 
 SEED = 0
-# Sentences one batched decode step advances on the device (``decode_batch``): 8 rows cost
-# little more per step than 1 (a step reads the decoder's weights once either way).
-BATCH_ROWS = 8
 
 
 @dataclasses.dataclass
@@ -56,11 +53,13 @@ def load_run(
     which: str = "model",
     beam_size: int | None = None,
     prefill_length: int | None = None,
+    batch_rows: int = 1,
 ) -> LoadedRun:
     """Load a run (``which``: "model" or "best") with the signatures its bundle exports.
 
     ``beam_size``: rows of the ``decode_beam`` signature (translation; default: the
-    recipe's); ``prefill_length``: tokens of the LM's ``prefill`` (default: 32 or less).
+    recipe's); ``prefill_length``: tokens of the LM's ``prefill`` (default: 32 or less);
+    ``batch_rows > 1``: a ``decode_batch`` signature of that many rows (translation).
     """
     from keras_transformer_edge.bundle import sentencepiece_model
     from keras_transformer_edge.convert import (
@@ -95,7 +94,7 @@ def load_run(
                 model,
                 beam_size=beam_size,
                 encode_lengths=length_buckets(model.encoder_sequence_length),
-                batch_rows=BATCH_ROWS,
+                batch_rows=batch_rows,
             ),
             lengths={
                 "source": model.encoder_sequence_length,

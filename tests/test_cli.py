@@ -164,7 +164,9 @@ def test_main_job_killed_in_any_stage_finishes_then_reuses_what_it_built(tmp_pat
     assert keras["beam"]["sentences"] == 40 and keras["greedy"]["bleu"] > 10, keras
     # fp32 on the device writes exactly Keras's greedy tokens; int8 is smaller.
     assert modes["fp32"]["top1_agreement"] == 1.0 and modes["fp32"]["bleu_delta"] == 0
-    assert modes["dynamic_int8"]["size_vs_fp32"] < 0.5  # a tiny model: fixed overheads
+    # A tiny model: the graphs of its signatures (encode, encode_8, decode, decode_beam)
+    # weigh as much as its weights.
+    assert modes["dynamic_int8"]["size_vs_fp32"] < 0.6
     assert all(entry["parity"]["passed"] for entry in modes.values())
     device = report["device"]
     assert device["mode"] == "dynamic_int8" and device["tensorflow_imported"] is False

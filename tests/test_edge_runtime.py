@@ -77,7 +77,7 @@ def run_dir(workdir) -> Path:
 
 @pytest.fixture(scope="module")
 def seq2seq_bundle(run_dir, workdir) -> Path:
-    return bundle_from_run(run_dir, workdir / "seq2seq")
+    return bundle_from_run(run_dir, workdir / "seq2seq", batch_rows=8)
 
 
 @pytest.fixture(scope="module")
