@@ -280,7 +280,7 @@ def batch_translation(
     batched = translator.translate_many(sources, beam_size=1)
     in_batches = time.perf_counter() - began
     return {
-        "mode": bundle.name,
+        "mode": mode,
         "batch_rows": translator.batch_rows,
         "sentences": len(sources),
         "batch_1_sentences_per_s": round(len(sources) / one_at_a_time, 1),
@@ -367,7 +367,9 @@ def main() -> None:
     )  # fmt: skip
     print(f"ctranslate2: {peer}", flush=True)
     shipped = shipping(modes)
-    batch = batch_translation(bundles[shipped["mode"] if shipped else first], sources, args.threads)
+    batch = batch_translation(
+        run, shipped["mode"] if shipped else first, args.work_dir, sources, args.threads
+    )
     print(f"batch translation: {batch}", flush=True)
     # The headline compares like with like: the float model against Keras float; the int8
     # figures stand beside it (*_by_mode).
