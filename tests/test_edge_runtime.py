@@ -472,6 +472,18 @@ def test_language_model_greedy_generation_equals_keras(single_sequence, caplog):
         generator.generate("red", top_k=0)
 
 
+def test_language_model_prefill_buckets_give_the_same_generation(single_sequence, workdir):
+    run, model, _ = single_sequence["language_model"]
+    bundle = bundle_from_run(run, workdir / "lm-buckets", prefill_length=12, parity_examples=0)
+    assert "prefill_8" in load_bundle(bundle).manifest["signatures"]
+    generator = Generator.from_bundle(bundle, num_threads=1, record_timings=True)
+    tokenizer = load_tokenizer(run / "tokenizer")
+    lines = LINES[:3]
+    expected = task_recipes.continue_lines(model, tokenizer, lines, sampler_from("greedy"))
+    assert [generator.generate(line) for line in lines] == expected
+    assert "prefill_8" in generator.model.timings  # short prompts ran 8 positions, not 12
+
+
 def test_classifier_and_tagger_outputs_equal_keras(single_sequence, caplog):
     run, model, bundle = single_sequence["classification"]
     classifier = Classifier.from_bundle(bundle)
