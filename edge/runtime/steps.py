@@ -91,11 +91,33 @@ def encode_source(runner: Runner, source_ids: np.ndarray, bucketed: bool = True)
     }
 
 
-def _bind(runner: Runner, signature: str | None, fixed: dict[str, np.ndarray]):
-    """``signature`` bound to a reserved interpreter (``runtime/reserved.py``) with its fixed
-    inputs written once, when the runner is one and the runtime allows; else ``None``."""
-    bind = getattr(runner, "bind", None)
-    return bind(signature, fixed) if bind is not None and signature is not None else None
+class _CarriedStep:
+    """One step signature fed the same encoded inputs every step, its cache carried: bound to
+    a reserved interpreter (``runtime/reserved.py``: fixed inputs written once, the cache
+    kept in place) when the runner is one and the runtime allows; else copied in and out."""
+
+    def __init__(self, runner: Runner, signature: str, encoded: dict, cache: np.ndarray) -> None:
+        self.runner, self.signature, self.encoded, self.cache = runner, signature, encoded, cache
+        self.position_shape, _ = runner.input_spec(signature, "index")  # [1]; [] in format 1
+        bind = getattr(runner, "bind", None)
+        self.bound = bind(signature, {**encoded, "cache": cache}) if bind is not None else None
+
+    def __call__(self, token: np.ndarray, index: int) -> np.ndarray:
+        """Logits ``[rows, V]`` (a copy) after writing ``token`` ``[rows, 1]`` at ``index``."""
+        at = position(index, self.position_shape)
+        if self.bound is not None:
+            return self.bound.step(token=token, index=at)["logits"][:, 0].copy()
+        outputs = self.runner.run(
+            self.signature, token=token, cache=self.cache, index=at, **self.encoded
+        )
+        self.cache = outputs["cache"]
+        return outputs["logits"][:, 0]
+
+    def reorder(self, rows: np.ndarray) -> None:
+        if self.bound is not None:
+            self.bound.reorder(rows)
+        else:
+            self.cache = self.cache[rows]
 
 
 def _beam_rows(runner: Runner) -> int | None:
@@ -132,25 +154,18 @@ class Seq2SeqSteps:
         self.encoded = encoded  # one row
         if self.signature == "decode_beam":  # every beam reads the same source
             self.encoded = {name: np.repeat(value, rows, axis=0) for name, value in encoded.items()}
-        self.bound = _bind(runner, self.signature, {**self.encoded, "cache": self.cache})
+        self.step = (
+            _CarriedStep(runner, self.signature, self.encoded, self.cache)
+            if self.signature is not None
+            else None
+        )
 
     def feed(self, tokens: np.ndarray, index: int) -> np.ndarray:
         """Logits ``[rows, V]`` after writing ``tokens`` ``[rows]`` at position ``index``."""
+        if self.step is not None:
+            return self.step(np.asarray(tokens, np.int32).reshape(self.rows, 1), index)
         at = position(index, self.position_shape)
-        token = np.asarray(tokens, np.int32).reshape(self.rows, 1)
-        if self.bound is not None:
-            return self.bound.step(token=token, index=at)["logits"][:, 0].copy()
-        if self.signature is None:
-            return np.concatenate([self._row(tokens, at, row) for row in range(self.rows)])
-        outputs = self.runner.run(
-            self.signature,
-            token=token,
-            cache=self.cache,
-            index=at,
-            **self.encoded,
-        )
-        self.cache = outputs["cache"]
-        return outputs["logits"][:, 0]
+        return np.concatenate([self._row(tokens, at, row) for row in range(self.rows)])
 
     def _row(self, tokens: np.ndarray, at: np.ndarray, row: int) -> np.ndarray:
         outputs = self.runner.run(
@@ -165,8 +180,8 @@ class Seq2SeqSteps:
 
     def reorder(self, rows: np.ndarray) -> None:
         """Row ``i`` of the cache becomes a copy of row ``rows[i]``."""
-        if self.bound is not None:
-            self.bound.reorder(rows)
+        if self.step is not None:
+            self.step.reorder(rows)
         else:
             self.cache = self.cache[rows]
 
@@ -191,30 +206,16 @@ class BatchSteps:
             raise ValueError(f"BatchSteps: {self.count} sources for {self.rows} rows")
         encoded = [encode_source(runner, source[None]) for source in sources]
         encoded += [encoded[-1]] * (self.rows - self.count)
-        self.encoded = {name: np.concatenate([one[name] for one in encoded]) for name in encoded[0]}
-        cache_shape, _ = runner.input_spec("decode_batch", "cache")
-        self.cache = np.zeros(cache_shape, np.float32)
-        self.position_shape, _ = runner.input_spec("decode_batch", "index")
-        self.bound = _bind(runner, "decode_batch", {**self.encoded, "cache": self.cache})
+        encoded = {name: np.concatenate([one[name] for one in encoded]) for name in encoded[0]}
+        cache = np.zeros(runner.input_spec("decode_batch", "cache")[0], np.float32)
+        self.step = _CarriedStep(runner, "decode_batch", encoded, cache)
 
     def feed(self, tokens: np.ndarray, index: int) -> np.ndarray:
         """Logits ``[n, V]`` after writing ``tokens`` ``[n]`` at position ``index``."""
         padded = np.empty(self.rows, np.int32)
         padded[: self.count] = tokens
         padded[self.count :] = tokens[-1]
-        at = position(index, self.position_shape)
-        if self.bound is not None:
-            logits = self.bound.step(token=padded.reshape(self.rows, 1), index=at)["logits"]
-            return logits[: self.count, 0].copy()
-        outputs = self.runner.run(
-            "decode_batch",
-            token=padded.reshape(self.rows, 1),
-            cache=self.cache,
-            index=at,
-            **self.encoded,
-        )
-        self.cache = outputs["cache"]
-        return outputs["logits"][: self.count, 0]
+        return self.step(padded.reshape(self.rows, 1), index)[: self.count]
 
 
 class LanguageModelSteps:
