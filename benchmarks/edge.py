@@ -97,7 +97,8 @@ def recompute_endpoints(model):
     """``encode`` and ``decode_all``: the whole decoder on a fixed-length prefix, no cache."""
     endpoints = seq2seq_endpoints(model)
     length = model.decoder_sequence_length
-    cross = endpoints["decode"][1][3]
+    encoder_output, _ = model.encode(tf.zeros((1, model.encoder_sequence_length), tf.int32))
+    cross = tf.TensorSpec(model.cross_attention_cache(encoder_output).shape, tf.float32)
 
     def decode_all(decoder_ids, cross_attention_cache, source_mask):
         x = model.decoder_embedding(decoder_ids)

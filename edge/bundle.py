@@ -37,6 +37,7 @@ from keras_transformer_edge.runtime.bundle import (
 from keras_transformer_edge.runtime.interpreter import LiteModel
 from keras_transformer_edge.runtime.model_metadata import with_facts
 from keras_transformer_edge.runtime.sentencepiece_bpe import SentencePieceBPE
+from keras_transformer_edge.runtime.signatures import SELF_KEYS, layer_name
 from keras_transformer_pipelines import files
 
 # Distributions whose versions a manifest records, when installed.
@@ -75,8 +76,9 @@ def _default_max_lengths(kind: str, signatures: dict[str, Any]) -> dict[str, int
     def shape(signature: str, name: str) -> list[int]:
         return signatures[signature]["inputs"][name]["shape"]
 
-    if kind == "seq2seq":
-        return {"source": shape("encode", "source_ids")[1], "target": shape("decode", "cache")[-2]}
+    if kind == "seq2seq":  # the target length: a self_keys_0 [B, H, target, D] (format 4)
+        target = shape("decode", layer_name(SELF_KEYS, 0))[2]
+        return {"source": shape("encode", "source_ids")[1], "target": target}
     if kind == "language_model":
         return {"context": shape("decode", "cache")[-2], "prefill": shape("prefill", "tokens")[1]}
     return {"tokens": shape("classify" if kind == "classifier" else "tag", "token_ids")[1]}

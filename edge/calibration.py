@@ -34,6 +34,7 @@ from keras_transformer_edge.runtime.steps import (
     LanguageModelSteps,
     Recording,
     Seq2SeqSteps,
+    cache_length,
     teacher_forced_logits,
 )
 
@@ -88,7 +89,7 @@ def seq2seq_samples(float_flatbuffer: bytes, batches: Iterable, limit: int = 64)
     with lite_model(float_flatbuffer) as model:
         recorder = Recording(model, samples)
         source_length = model.input_spec("encode", "source_ids")[0][1]
-        max_length = model.input_spec("decode", "cache")[0][-2]
+        max_length = cache_length(model)
         for row in _rows(batches, limit):
             # The full encode is recorded; each length bucket gets the sources cut to it below.
             steps = Seq2SeqSteps(
@@ -127,7 +128,7 @@ def language_model_samples(float_flatbuffer: bytes, batches: Iterable, limit: in
     samples: Samples = {"prefill": [], "decode": []}
     with lite_model(float_flatbuffer) as model:
         recorder = Recording(model, samples)
-        max_length = model.input_spec("decode", "cache")[0][-2]
+        max_length = cache_length(model)
         for row in _rows(batches, limit):
             tokens = [int(t) for t in np.asarray(row).reshape(-1) if t != 0][:max_length]
             LanguageModelSteps(recorder, bucketed=False).prefill(tokens)

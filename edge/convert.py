@@ -14,6 +14,7 @@ here with ``ExportArchive`` and ``TFLiteConverter.from_saved_model``.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import re
 import shutil
 import tempfile
@@ -46,7 +47,13 @@ from keras_transformer_edge.modes import (
     CONVERTIBLE_MODES,
     POST_QUANTIZED_MODES,
 )
-from keras_transformer_edge.runtime.signatures import POSITION_SHAPE, bucket_name
+from keras_transformer_edge.runtime.signatures import (
+    CACHE_ENTRIES,
+    POSITION_SHAPE,
+    SPLIT_CACHE,
+    bucket_name,
+    layer_name,
+)
 
 Endpoints = dict[str, tuple[Callable, list[tf.TensorSpec]]]
 # The modes the TFLite converter produces (modes.py defines every mode).
@@ -97,26 +104,42 @@ def seq2seq_endpoints(
             raise ConversionError(
                 f"encode length bucket {length} must be in [1, {source.shape[1]})"
             )
-    encoder_output, _ = model.encode(tf.zeros(source.shape, tf.int32))
-    cross_shape = model.cross_attention_cache(encoder_output).shape[1:]
+    layers = model.num_decoder_layers
+    attention = model.decoder.layers[0].self_attention
+    sizes = {
+        "heads": attention.num_key_value_heads,
+        "head_dim": attention.key_dim,
+        "target": model.decoder_sequence_length,
+        "source": source.shape[1],
+    }
+    cache_names = [layer_name(t, layer) for layer in range(layers) for t in SPLIT_CACHE]
 
     def encode(source_ids):
         output, mask = model.encode(source_ids)
         return {"cross_attention_cache": model.cross_attention_cache(output), "source_mask": mask}
 
-    def decode(token, cache, index, cross_attention_cache, source_mask):
-        logits, cache = model.decode(
-            token, cache, _position(index), cross_attention_cache, source_mask
-        )
-        return {"logits": logits, "cache": cache}
+    def decode(token, index, source_mask, **caches):
+        per_layer = [
+            tuple(caches[layer_name(template, layer)] for template in SPLIT_CACHE)
+            for layer in range(layers)
+        ]
+        logits, entries = model.decode_step(token, per_layer, _position(index), source_mask)
+        return {"logits": logits, CACHE_ENTRIES: entries}
+
+    decode = _with_arguments(decode, ["token", "index", "source_mask", *cache_names])
 
     def decode_signature(rows: int) -> list[tf.TensorSpec]:
+        dims = {**sizes, "rows": rows}
+        caches = [
+            tf.TensorSpec([dims[dim] for dim in SPLIT_CACHE[template][1]], tf.float32)
+            for _ in range(layers)
+            for template in SPLIT_CACHE
+        ]
         return [
             tf.TensorSpec((rows, 1), tf.int32),
-            tf.TensorSpec(model.init_cache(rows).shape, tf.float32),
             POSITION,
-            tf.TensorSpec((rows, *cross_shape), tf.float32),
             tf.TensorSpec((rows, source.shape[1]), tf.bool),
+            *caches,
         ]
 
     endpoints = {"encode": (encode, [source]), "decode": (decode, decode_signature(batch_size))}
@@ -128,6 +151,22 @@ def seq2seq_endpoints(
     if batch_rows > 1:
         endpoints["decode_batch"] = (decode, decode_signature(batch_size * batch_rows))
     return endpoints
+
+
+def _with_arguments(function: Callable, names: list[str]) -> Callable:
+    """``function(**named)`` callable with ``names`` as its positional arguments, in that
+    order: an exported signature takes its input names from its function's arguments, and a
+    decode step has a few per layer."""
+    signature = inspect.Signature(
+        [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in names]
+    )
+
+    def call(*args, **kwargs):
+        return function(**signature.bind(*args, **kwargs).arguments)
+
+    call.__signature__ = signature
+    call.__name__ = function.__name__
+    return call
 
 
 def classifier_endpoints(

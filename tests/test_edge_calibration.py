@@ -101,7 +101,9 @@ def test_calibration_samples_follow_real_decoding(reversal_export):
     assert len(samples["decode"]) == int((inputs["decoder_token_ids"] != 0).sum())
     first, second = samples["decode"][0], samples["decode"][1]
     assert first["index"].tolist() == [0] and second["index"].tolist() == [1]
-    assert not first["cache"].any() and second["cache"].any()
+    assert not first["self_keys_0"].any() and second["self_keys_0"].any()
+    # The first step's key sits at slot 0 of the second step's cache, nowhere else.
+    assert second["self_keys_0"][:, :, 0].any() and not second["self_keys_0"][:, :, 1:].any()
 
 
 def test_full_int8_report_ranks_the_attention_scores_a_large_mask_destroys(reversal_export):

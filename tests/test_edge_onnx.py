@@ -27,7 +27,9 @@ from keras_transformer_edge.onnx_export import (  # noqa: E402
     signature_to_onnx,
     to_onnx,
 )
+from keras_transformer_edge.runners import FunctionRunner, endpoint_runner  # noqa: E402
 from keras_transformer_edge.runtime.signatures import position  # noqa: E402
+from keras_transformer_edge.runtime.steps import Seq2SeqSteps  # noqa: E402
 
 SMALL = dict(hidden_dim=32, num_heads=4, intermediate_dim=64)
 
@@ -53,24 +55,20 @@ def test_seq2seq_greedy_decode_through_onnx_matches_the_keras_forward(rng, tmp_p
     assert export.parity["decode"].max_abs_error < 1e-4
     assert export.parity["decode"].top1_agreement == 1.0
 
-    # Greedy generation on the host, one decode.onnx call per token.
-    encoded = OnnxSignature(export.paths["encode"])(source_ids=source)
-    step = OnnxSignature(export.paths["decode"])
-    cache = np.zeros(model.init_cache(1).shape, "float32")
+    # Greedy generation on the host, one decode.onnx call per token, through the runtime's
+    # own step driver (it keeps the per-layer caches and writes each step's new entries).
+    sessions = {name: OnnxSignature(path) for name, path in export.paths.items()}
+    runner = FunctionRunner(
+        lambda name, inputs: sessions[name](**inputs), endpoint_runner(endpoints).specs
+    )
+    steps = Seq2SeqSteps(runner, source, bucketed=False)
     tokens, logits = [1], []
     for index in range(6):
-        out = step(
-            token=np.array([[tokens[-1]]], "int32"),
-            cache=cache,
-            index=position(index),
-            **encoded,
-        )
-        logits.append(out["logits"])
-        cache = out["cache"]
-        tokens.append(int(out["logits"][0, -1].argmax()))
+        logits.append(steps.feed(np.array(tokens[-1:], "int32"), index))
+        tokens.append(int(logits[-1][0].argmax()))
     target = np.array([tokens[:-1]], "int32")
     full = np.asarray(model({"encoder_token_ids": source, "decoder_token_ids": target}))
-    np.testing.assert_allclose(np.concatenate(logits, 1), full, atol=1e-4)
+    np.testing.assert_allclose(np.stack(logits, 1), full, atol=1e-4)
 
 
 def test_language_model_prefill_and_decode_files_match_the_keras_forward(rng, tmp_path):

@@ -31,7 +31,12 @@ from keras_transformer_edge.optimize import (  # noqa: E402
     strip,
     to_tf_keras,
 )
-from keras_transformer_edge.runtime.signatures import position  # noqa: E402
+from keras_transformer_edge.runners import lite_model  # noqa: E402
+from keras_transformer_edge.runtime.signatures import SPLIT_CACHE, layer_name, position  # noqa: E402
+from keras_transformer_edge.runtime.steps import (  # noqa: E402
+    Seq2SeqSteps,
+    teacher_forced_logits,
+)
 from keras_transformer_edge.tfkeras_bridge import bridge_layer  # noqa: E402
 
 SMALL = dict(
@@ -96,17 +101,14 @@ def test_bridged_models_compute_what_keras_computes_and_train_the_keras_model(rn
     output, mask = model.encode(source)
     cross = np.asarray(model.cross_attention_cache(output))
     np.testing.assert_allclose(encoded["cross_attention_cache"], cross, atol=1e-5)
-    step = {
-        "token": inputs["decoder_token_ids"][:1, :1],
-        "cache": model.init_cache(1),
-        "index": tf.constant(0),
-        "cross_attention_cache": cross,
-        "source_mask": np.asarray(mask),
-    }
+    token = inputs["decoder_token_ids"][:1, :1]
+    caches = model.decoder.split_caches(model.init_cache(1), cross)
+    step = {"token": token, "index": tf.constant([0]), "source_mask": np.asarray(mask)}
+    for layer_index, tensors in enumerate(caches):
+        for template, tensor in zip(SPLIT_CACHE, tensors, strict=True):
+            step[layer_name(template, layer_index)] = tensor
     decoded = layer(step, endpoint="decode")
-    logits, _ = model.decode(
-        step["token"], step["cache"], 0, step["cross_attention_cache"], step["source_mask"]
-    )
+    logits, _ = model.decode(token, model.init_cache(1), 0, cross, np.asarray(mask))
     np.testing.assert_allclose(decoded["logits"], np.asarray(logits), atol=1e-5)
 
     # fit on the tf-keras model trains the Keras 3 model: they share variables.
@@ -164,26 +166,17 @@ def test_quantization_aware_model_starts_near_float_and_trains(quantized_seq2seq
 
 
 def _tflite_teacher_forced(flatbuffer, inputs, rows):
-    interpreter = litert.Interpreter(model_content=flatbuffer)
-    encode = interpreter.get_signature_runner("encode")
-    decode = interpreter.get_signature_runner("decode")
-    cache_shape = interpreter.get_signature_runner("decode").get_input_details()["cache"]["shape"]
-    logits = []
-    for row in range(rows):
-        encoded = encode(source_ids=inputs["encoder_token_ids"][row : row + 1])
-        cache, row_logits = np.zeros(cache_shape, "float32"), []
-        for index in range(LENGTH):
-            out = decode(
-                token=inputs["decoder_token_ids"][row : row + 1, index : index + 1],
-                cache=cache,
-                index=position(index),
-                cross_attention_cache=encoded["cross_attention_cache"],
-                source_mask=encoded["source_mask"],
-            )
-            cache = out["cache"]
-            row_logits.append(out["logits"][0, 0])
-        logits.append(row_logits)
-    return np.asarray(logits)
+    """Every row's logits [rows, LENGTH, V], through the runtime's own step driver."""
+    with lite_model(flatbuffer) as model:
+        return np.asarray(
+            [
+                teacher_forced_logits(
+                    Seq2SeqSteps(model, inputs["encoder_token_ids"][row : row + 1]),
+                    inputs["decoder_token_ids"][row, :LENGTH],
+                )
+                for row in range(rows)
+            ]
+        )
 
 
 def test_full_int8_tflite_of_the_quantization_aware_model(quantized_seq2seq):

@@ -23,6 +23,7 @@ from keras_transformer_edge import post_quantize  # noqa: E402
 from keras_transformer_edge.bundle import bundle_from_run  # noqa: E402
 from keras_transformer_edge.convert import convert, op_names, seq2seq_endpoints  # noqa: E402
 from keras_transformer_edge.runners import lite_model  # noqa: E402
+from keras_transformer_edge.runtime.steps import Seq2SeqSteps  # noqa: E402
 from keras_transformer_edge.runtime.translator import Translator  # noqa: E402
 
 INT4 = schema.TensorType.INT4
@@ -103,13 +104,7 @@ def test_int4_modes_store_every_matmul_and_embedding_weight_in_int4(model, mode)
         assert set(candidate.signatures) == set(reference.signatures)
         outputs = []
         for runner in (reference, candidate):
-            encoded = runner.run("encode", source_ids=ids)
-            cache = np.zeros(runner.input_spec("decode", "cache")[0], np.float32)
-            outputs.append(
-                runner.run(
-                    "decode", token=token, cache=cache, index=np.zeros(1, np.int32), **encoded
-                )["logits"]
-            )
+            outputs.append(Seq2SeqSteps(runner, ids).feed(token[0], 0))
     difference = np.abs(outputs[0] - outputs[1]).max()
     assert 0 < difference < 0.25 * np.abs(outputs[0]).max()
 

@@ -769,7 +769,7 @@ def test_every_bundle_kind_follows_the_format_spec(seq2seq_bundle, single_sequen
     kinds = set()
     for path in paths:
         bundle = load_bundle(path)  # which checks the manifest's signatures against the spec
-        assert bundle.manifest["format_version"] == 3
+        assert bundle.manifest["format_version"] == 4
         kinds.add(bundle.kind)
         found = LiteModel(bundle.model_path, xnnpack=False).signatures
         assert found == bundle.manifest["signatures"]
@@ -804,7 +804,7 @@ def test_a_manifest_that_contradicts_its_model_or_itself_is_refused(seq2seq_bund
         return change
 
     index = ("signatures", "decode", "inputs", "index", "shape")
-    assert "expected [1] in format version 3" in refused(set_in(*index, value=[]))
+    assert "expected [1] in format version 4" in refused(set_in(*index, value=[]))
     assert "target is" in refused(set_in("max_lengths", "target", value=LENGTH + 1))
     assert "vocabulary is 400 here but 999" in refused(set_in("vocabulary_size", value=999))
     assert "outside the vocabulary" in refused(set_in("special_tokens", "end", value=VOCABULARY))
@@ -826,10 +826,33 @@ def test_a_manifest_that_contradicts_its_model_or_itself_is_refused(seq2seq_bund
         version1,
         lambda manifest: [manifest["signatures"].pop(n) for n in ("decode_batch", "encode_8")],
     )
+    # Before format version 4, decode carried one packed cache.
+    assert "expected ['cache', 'cross_attention_cache'" in refused(
+        set_in("format_version", value=3)
+    )
+    _rewrite_manifest(version1, _packed_decode)
     _rewrite_manifest(version1, set_in(*index, value=[]))
     _rewrite_manifest(version1, set_in("signatures", "decode_beam", *index[2:], value=[]))
     _rewrite_manifest(version1, set_in("format_version", value=1))
     assert load_bundle(version1).manifest["format_version"] == 1
+
+
+def _packed_decode(manifest):
+    """The decode signatures of format versions 1 to 3: one packed cache in and out."""
+    rows_of = {"decode": 1, "decode_beam": manifest["decoding"]["beam_size"]}
+    cross = manifest["signatures"]["encode"]["outputs"]["cross_attention_cache"]["shape"]
+    target = manifest["max_lengths"]["target"]
+    for name, rows in rows_of.items():
+        signature = manifest["signatures"][name]
+        cache = {"shape": [rows, *cross[1:4], target, cross[5]], "dtype": "float32"}
+        signature["inputs"] = {
+            "token": signature["inputs"]["token"],
+            "cache": cache,
+            "index": signature["inputs"]["index"],
+            "cross_attention_cache": {"shape": [rows, *cross[1:]], "dtype": "float32"},
+            "source_mask": signature["inputs"]["source_mask"],
+        }
+        signature["outputs"] = {"logits": signature["outputs"]["logits"], "cache": cache}
 
 
 # --- Threads ----------------------------------------------------------------------------------

@@ -22,7 +22,12 @@ from keras_transformer_edge.convert import (  # noqa: E402
     op_names,
     seq2seq_endpoints,
 )
+from keras_transformer_edge.runners import lite_model  # noqa: E402
 from keras_transformer_edge.runtime.signatures import position  # noqa: E402
+from keras_transformer_edge.runtime.steps import (  # noqa: E402
+    Seq2SeqSteps,
+    teacher_forced_logits,
+)
 
 SMALL = dict(hidden_dim=32, num_heads=4, intermediate_dim=64, num_key_value_heads=2)
 
@@ -46,21 +51,42 @@ def test_language_model_prefill_and_decode_signatures(rng):
     assert "DYNAMIC_UPDATE_SLICE" in op_names(flatbuffer)
 
 
+def _split_caches(encoded, layers, rows, target_length):
+    """The decode inputs of format 4, by hand from the contract (signatures.py): per layer
+    keys [rows, H, T, D] and value-major values [rows, H, D, T], self and cross."""
+    cross = np.repeat(encoded["cross_attention_cache"], rows, axis=0)
+    heads, depth = cross.shape[3], cross.shape[5]
+    caches = {}
+    for layer in range(layers):
+        caches[f"self_keys_{layer}"] = np.zeros((rows, heads, target_length, depth), "float32")
+        caches[f"self_values_{layer}"] = np.zeros((rows, heads, depth, target_length), "float32")
+        caches[f"cross_keys_{layer}"] = np.ascontiguousarray(cross[:, layer, 0])
+        caches[f"cross_values_{layer}"] = np.ascontiguousarray(cross[:, layer, 1].swapaxes(2, 3))
+    return caches
+
+
+def _store(caches, entries, index):
+    """A step's ``cache_entries`` [rows, L, 2, H, D] written at ``index``."""
+    for layer in range(entries.shape[1]):
+        caches[f"self_keys_{layer}"][:, :, index] = entries[:, layer, 0]
+        caches[f"self_values_{layer}"][:, :, :, index] = entries[:, layer, 1]
+
+
 def _seq2seq_logits(flatbuffer, model, source, target):
     interpreter = litert.Interpreter(model_content=flatbuffer)
     encoded = interpreter.get_signature_runner("encode")(source_ids=source)
     step = interpreter.get_signature_runner("decode")
-    cache, logits = np.zeros(model.init_cache(1).shape, "float32"), []
+    caches = _split_caches(encoded, model.num_decoder_layers, 1, model.decoder_sequence_length)
+    logits = []
     for index in range(target.shape[1]):
         out = step(
             token=target[:, index : index + 1],
-            cache=cache,
             index=position(index),
-            cross_attention_cache=encoded["cross_attention_cache"],
             source_mask=encoded["source_mask"],
+            **caches,
         )
         logits.append(out["logits"])
-        cache = out["cache"]
+        _store(caches, out["cache_entries"], index)
     return np.concatenate(logits, 1)
 
 
@@ -103,22 +129,23 @@ def test_beam_signature_advances_every_beam_as_the_single_row_signature_does(rng
     assert set(interpreter.get_signature_list()) == {"encode", "decode", "decode_beam"}
     encoded = interpreter.get_signature_runner("encode")(source_ids=source)
     tokens = np.array([[1], [5], [9]], "int32")
+    layers, length = model.num_decoder_layers, model.decoder_sequence_length
     beam = interpreter.get_signature_runner("decode_beam")(
         token=tokens,
-        cache=np.zeros(model.init_cache(3).shape, "float32"),
         index=position(0),
-        cross_attention_cache=np.repeat(encoded["cross_attention_cache"], 3, axis=0),
         source_mask=np.repeat(encoded["source_mask"], 3, axis=0),
+        **_split_caches(encoded, layers, 3, length),
     )
     single = interpreter.get_signature_runner("decode")
     for row in range(3):
         out = single(
             token=tokens[row : row + 1],
-            cache=np.zeros(model.init_cache(1).shape, "float32"),
             index=position(0),
-            **encoded,
+            source_mask=encoded["source_mask"],
+            **_split_caches(encoded, layers, 1, length),
         )
         np.testing.assert_allclose(beam["logits"][row], out["logits"][0], atol=1e-5)
+        np.testing.assert_allclose(beam["cache_entries"][row], out["cache_entries"][0], atol=1e-5)
 
 
 @pytest.mark.parametrize("model_class", [SequenceClassifier, TokenClassifier])
@@ -131,3 +158,33 @@ def test_classifier_and_tagger_signatures_match_keras(model_class, rng):
     assert set(endpoints) == {name}
     runner = litert.Interpreter(model_content=convert(model, endpoints)).get_signature_runner(name)
     np.testing.assert_allclose(runner(token_ids=ids)["logits"], np.asarray(model(ids)), atol=1e-4)
+
+
+def test_the_runtime_still_drives_a_packed_cache_decode_of_format_3(rng):
+    # Bundles of format versions 1 to 3 carry one packed cache in and out of decode.
+    model = Seq2SeqTransformer(100, 100, 8, 6, **SMALL)
+    source = rng.integers(3, 100, (1, 8)).astype("int32")
+    target = rng.integers(3, 100, 6).astype("int32")
+    endpoints = seq2seq_endpoints(model)
+    cross = endpoints["encode"][0](source)["cross_attention_cache"]
+
+    def packed_decode(token, cache, index, cross_attention_cache, source_mask):
+        logits, cache = model.decode(
+            token, cache, tf.reshape(index, ()), cross_attention_cache, source_mask
+        )
+        return {"logits": logits, "cache": cache}
+
+    specs = [
+        tf.TensorSpec((1, 1), tf.int32),
+        tf.TensorSpec(model.init_cache(1).shape, tf.float32),
+        tf.TensorSpec((1,), tf.int32),
+        tf.TensorSpec(cross.shape, tf.float32),
+        tf.TensorSpec((1, 8), tf.bool),
+    ]
+    packed = {"encode": endpoints["encode"], "decode": (packed_decode, specs)}
+    expected = np.asarray(model({"encoder_token_ids": source, "decoder_token_ids": target[None]}))
+    for flatbuffer in (convert(model, packed), convert(model, endpoints)):
+        with lite_model(flatbuffer) as lite, lite.reserved() as reserved:
+            for runner in (lite, reserved):  # copied in and out, and bound in place
+                logits = teacher_forced_logits(Seq2SeqSteps(runner, source), target)
+                np.testing.assert_allclose(logits, expected[0], atol=1e-4)

@@ -86,6 +86,55 @@ def test_cached_self_attention_equals_full_pass(rng, kv_heads, rotary):
     assert np.all(np.asarray(cache)[:, :, :, T:] == 0)
 
 
+@pytest.mark.parametrize("kv_heads", [4, 1])
+@pytest.mark.parametrize("rotary", [False, True])
+@pytest.mark.parametrize("window", [None, 3])
+@pytest.mark.parametrize("bounded", [False, True])
+def test_read_only_cache_steps_equal_the_full_pass(rng, kv_heads, rotary, window, bounded):
+    # decode_step reads the cache and returns the token's own key and value; written back at
+    # each index (values value-major), the steps give the full causal pass.
+    layer = MultiHeadAttention(
+        num_heads=4,
+        key_dim=8,
+        num_key_value_heads=kv_heads,
+        use_rotary_embedding=rotary,
+        sliding_window=window,
+    )
+    layer.bounded_masked_scores = bounded  # the int8 export's masking: same result here
+    x = rng.standard_normal((B, T, D)).astype("float32")
+    full = np.asarray(layer(x, use_causal_mask=True))
+    max_length = T + 3
+    # Garbage in the unwritten slots: a step must read only the slots before its index.
+    keys = rng.standard_normal((B, kv_heads, max_length, 8)).astype("float32")
+    values = rng.standard_normal((B, kv_heads, 8, max_length)).astype("float32")
+    steps = []
+    for index in range(T):
+        out, key, value = layer.decode_step(x[:, index : index + 1], keys, values, index)
+        assert key.shape == value.shape == (B, kv_heads, 1, 8)
+        keys[:, :, index] = np.asarray(key)[:, :, 0]
+        values[:, :, :, index] = np.asarray(value)[:, :, 0]
+        steps.append(np.asarray(out))
+    # Bounded masking leaves each masked key e^-8 of the softmax denominator: up to about
+    # 10 * 3.4e-4 of each output here (a different number of masked keys than the full pass).
+    tolerance = {"rtol": 4e-3, "atol": 5e-3} if bounded else {"atol": 1e-5}
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, **tolerance)
+    # Cross-attention over a projected memory, value-major, with padding.
+    memory = rng.standard_normal((B, S, D)).astype("float32")
+    padding = np.ones((B, S), bool)
+    padding[1, 4:] = False
+    cross = MultiHeadAttention(num_heads=4, key_dim=8, num_key_value_heads=kv_heads)
+    expected = np.asarray(cross(x, memory, key_padding_mask=padding))
+    cache = np.asarray(cross.compute_key_value_cache(memory))
+    memory_keys, memory_values = cache[:, 0], np.swapaxes(cache[:, 1], -1, -2)
+    for index in range(T):
+        step = cross.decode_step(
+            x[:, index : index + 1], memory_keys, memory_values, key_padding_mask=padding
+        )
+        np.testing.assert_allclose(np.asarray(step), expected[:, index : index + 1], atol=1e-5)
+    with pytest.raises(ValueError, match="one query token at a time"):
+        cross.decode_step(x[:, :2], memory_keys, memory_values)
+
+
 @pytest.mark.parametrize("kv_heads", [4, 2])
 def test_cross_attention_cache_equals_full_pass(rng, kv_heads):
     layer = MultiHeadAttention(num_heads=4, key_dim=8, num_key_value_heads=kv_heads)

@@ -22,6 +22,7 @@ from keras_transformer_edge.runtime.steps import (
     LanguageModelSteps,
     Recording,
     Seq2SeqSteps,
+    cache_length,
     teacher_forced_logits,
 )
 from keras_transformer_edge.tfkeras_bridge import KerasModelLayer, bridge_layer
@@ -55,7 +56,7 @@ def representative_samples(
     if not samples:
         raise ArgumentError(f"{type(model).__name__} has no encode/decode signatures")
     recorder = Recording(wrapper_runner(_quantize_wrapper(quantized), bridge), samples)
-    cache_length = recorder.input_spec("decode", "cache")[0][-2]
+    max_length = cache_length(recorder)
     for batch in _batches("representative_samples", batches, steps or 1 << 30):
         if isinstance(model, Seq2SeqTransformer):
             source_length = recorder.input_spec("encode", "source_ids")[0][1]
@@ -67,10 +68,10 @@ def representative_samples(
                 tokens = [int(target[0])] + list(
                     itertools.takewhile(lambda token: token != 0, map(int, target[1:]))
                 )
-                teacher_forced_logits(Seq2SeqSteps(recorder, padded), tokens[:cache_length])
+                teacher_forced_logits(Seq2SeqSteps(recorder, padded), tokens[:max_length])
         else:
             for tokens in np.asarray(batch):
-                LanguageModelSteps(recorder).prefill(tokens[:cache_length])
+                LanguageModelSteps(recorder).prefill(tokens[:max_length])
     return samples
 
 

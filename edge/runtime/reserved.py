@@ -6,10 +6,12 @@ the encoding never changes within a sentence (8 times that for an 8-row batch, w
 slower than 8 sentences one by one). :meth:`LiteModel.reserved` takes one interpreter of the
 pool for a sequence, and :meth:`ReservedModel.bind` binds a step signature to it:
 
-- the fixed inputs (``cross_attention_cache``, ``source_mask``, the first ``cache``) are
-  written into the interpreter's own input tensors once;
-- each :meth:`BoundStep.step` writes only the token and the position, invokes, and copies the
-  output cache into the input cache in place (one copy, inside the interpreter's memory);
+- the fixed inputs (the source's encoding, the first cache) are written into the
+  interpreter's own input tensors once;
+- each :meth:`BoundStep.step` writes only the token and the position and invokes; the
+  caller carries the cache in those same input tensors (:attr:`BoundStep.inputs`): a format-4
+  seq2seq step returns only the new cache entries, written in place (a few KB), an older
+  packed-cache step its whole cache, copied back inside the interpreter's memory;
 - outputs are views, read before the next step (the step drivers copy the logits row out).
 
 This is the zero-copy idea of LiteRT's ``CompiledModel`` with bound ``TensorBuffer``s, on the
@@ -56,14 +58,17 @@ class ReservedModel:
 
 
 class BoundStep:
-    """A step signature bound to a reserved interpreter, its ``cache`` carried in place.
+    """A step signature bound to a reserved interpreter: fixed inputs written once.
 
     Args:
         model: the :class:`LiteModel` (its checks and timings).
-        signature: a step signature with a ``cache`` input and output.
+        signature: the step signature.
         call: the interpreter's ``litert_private.SignatureCall`` for it.
         views: ``(inputs, outputs)`` tensor views of the call.
-        fixed: every input that does not change from step to step, ``cache`` included.
+        fixed: every input that does not change from step to step, the cache included.
+
+    ``inputs``: the interpreter's own input tensors (views); the caller may write a carried
+    cache into them between steps.
     """
 
     def __init__(
@@ -75,7 +80,7 @@ class BoundStep:
         fixed: dict[str, np.ndarray],
     ) -> None:
         self.model, self.signature, self._call = model, signature, call
-        self._inputs, self._outputs = views
+        self.inputs, self._outputs = views
         self._fixed = set(fixed)
         self._write(fixed)
 
@@ -90,14 +95,19 @@ class BoundStep:
                     f"{self.signature}: input {name!r} is {value.dtype.name} "
                     f"{list(value.shape)}, expected {dtype.name} {list(shape)}"
                 )
-            np.copyto(self._inputs[name], value)
+            np.copyto(self.inputs[name], value)
 
     def step(self, **changing: np.ndarray) -> dict[str, np.ndarray]:
-        """Write ``changing`` (every input not fixed), invoke, carry the cache; the other
-        outputs as views, valid until the next step."""
-        if changing.keys() | self._fixed != self._inputs.keys():
+        """Write ``changing`` (every input not fixed) and invoke; the outputs as views, valid
+        until the next step."""
+        if changing.keys() | self._fixed != self.inputs.keys():
             raise InputError(f"{self.signature}: step inputs {sorted(changing)} leave some unset")
         self._write(changing)
+        return self.invoke()
+
+    def invoke(self) -> dict[str, np.ndarray]:
+        """Invoke on the inputs as they are (a caller that wrote them into :attr:`inputs`
+        itself, unchecked); the outputs as views, valid until the next step."""
         started = time.perf_counter()
         try:
             self._call.invoke()
@@ -108,10 +118,4 @@ class BoundStep:
             ) from None
         if self.model.timings is not None:
             self.model.timings.setdefault(self.signature, []).append(time.perf_counter() - started)
-        np.copyto(self._inputs["cache"], self._outputs["cache"])
-        return {name: view for name, view in self._outputs.items() if name != "cache"}
-
-    def reorder(self, rows: np.ndarray) -> None:
-        """Row ``i`` of the cache becomes a copy of row ``rows[i]`` (beam search)."""
-        cache = self._inputs["cache"]
-        cache[...] = cache[rows]
+        return self._outputs

@@ -9,9 +9,12 @@ be the same wherever it appears in the model (``target`` is also ``max_lengths.t
     seq2seq          encode       source_ids int32 [1, source]
                                   -> cross_attention_cache float32 [1, L, 2, H, source, D],
                                      source_mask bool [1, source]
-                     decode       token int32 [1, 1], cache float32 [1, L, 2, H, target, D],
-                                  index int32 [1], cross_attention_cache, source_mask
-                                  -> logits float32 [1, 1, vocabulary], cache
+                     decode       token int32 [1, 1], index int32 [1], source_mask,
+                                  per layer l < L: self_keys_l [1, H, target, D],
+                                  self_values_l [1, H, D, target], cross_keys_l
+                                  [1, H, source, D], cross_values_l [1, H, D, source]
+                                  -> logits float32 [1, 1, vocabulary],
+                                     cache_entries float32 [1, L, 2, H, D]
                      decode_beam  (optional) decode for ``beam`` rows at once (beam >= 2)
                      decode_batch (optional) decode for ``batch`` rows at once (batch >= 2),
                                   each row its own sentence: batch translation
@@ -26,10 +29,21 @@ be the same wherever it appears in the model (``target`` is also ``max_lengths.t
     tagger           tag          token_ids int32 [1, tokens] -> logits [1, tokens, classes]
 
 ``index`` is the cache position a decode step writes, one int32 in a tensor of shape ``[1]``.
+
+A seq2seq ``decode`` (format version 4) only reads its caches, one tensor per layer and side,
+so that no cache is copied through the graph: the host keeps them, writes the step's
+``cache_entries`` (layer ``l``'s new key ``[:, l, 0]`` and value ``[:, l, 1]``) at ``index``
+of ``self_keys_l`` (``[:, :, index, :]``) and ``self_values_l`` (``[:, :, :, index]``), and
+fills ``cross_keys_l`` and ``cross_values_l`` once per source from ``encode``'s
+``cross_attention_cache`` (``[:, l, 0]``, and ``[:, l, 1]`` with its last two axes swapped).
+Values are stored value-major (``[H, D, length]``): TFLite's BATCH_MATMUL then reads them in
+place. Format versions 1 to 3 carried one packed ``cache`` in and out of every step
+(:data:`PACKED_DECODE`); the language model's ``decode`` still does.
+
 Format version 3 added the optional ``decode_batch``, ``encode_N`` and ``prefill_N``.
-Format version 1 exported it with shape ``[]`` (rank 0): ai-edge-litert's aarch64 build
+Format version 1 exported ``index`` with shape ``[]`` (rank 0): ai-edge-litert's aarch64 build
 (2.1.6 to 2.3.0, at least) crashes when its signature runner resizes a rank-0 input, so version
-2 has no rank-0 input anywhere. The runtime reads both (it never resizes an input).
+2 has no rank-0 input anywhere. The runtime reads every version (it never resizes an input).
 """
 
 from __future__ import annotations
@@ -63,6 +77,42 @@ def _decode(with_source: bool, length: str) -> dict[str, dict[str, TensorSpec]]:
     return {"inputs": inputs, "outputs": outputs}
 
 
+# A per-layer tensor's name: the template with "{layer}" replaced by 0 .. layers - 1.
+LAYER = "{layer}"
+SELF_KEYS, SELF_VALUES = "self_keys_{layer}", "self_values_{layer}"
+CROSS_KEYS, CROSS_VALUES = "cross_keys_{layer}", "cross_values_{layer}"
+# In this order: a layer's caches as TransformerDecoder.decode_step takes them.
+SPLIT_CACHE = {
+    SELF_KEYS: ("float32", ("rows", "heads", "target", "head_dim")),
+    SELF_VALUES: ("float32", ("rows", "heads", "head_dim", "target")),
+    CROSS_KEYS: ("float32", ("rows", "heads", "source", "head_dim")),
+    CROSS_VALUES: ("float32", ("rows", "heads", "head_dim", "source")),
+}
+CACHE_ENTRIES = "cache_entries"
+
+
+def _split_decode() -> dict[str, dict[str, TensorSpec]]:
+    inputs: dict[str, TensorSpec] = {
+        "token": ("int32", ("rows", 1)),
+        "index": ("int32", ("position",)),
+        "source_mask": ("bool", ("rows", "source")),
+        **SPLIT_CACHE,
+    }
+    outputs = {
+        "logits": ("float32", ("rows", 1, "vocabulary")),
+        CACHE_ENTRIES: ("float32", ("rows", "layers", 2, "heads", "head_dim")),
+    }
+    return {"inputs": inputs, "outputs": outputs}
+
+
+def layer_name(template: str, layer: int) -> str:
+    """A per-layer tensor's name: ``self_keys_{layer}`` of layer 2 is ``self_keys_2``."""
+    return template.replace(LAYER, str(layer))
+
+
+# A seq2seq decode step in format versions 1 to 3: one packed cache in and out.
+PACKED_DECODE = _decode(True, "target")
+
 # kind -> signature -> {"inputs", "outputs"}; "rows" is 1 except in decode_beam ("beam").
 SIGNATURES: dict[str, dict[str, dict[str, dict[str, TensorSpec]]]] = {
     "seq2seq": {
@@ -73,9 +123,9 @@ SIGNATURES: dict[str, dict[str, dict[str, dict[str, TensorSpec]]]] = {
                 "source_mask": ("bool", ("rows", "source")),
             },
         },
-        "decode": _decode(True, "target"),
-        "decode_beam": _decode(True, "target"),
-        "decode_batch": _decode(True, "target"),
+        "decode": _split_decode(),
+        "decode_beam": _split_decode(),
+        "decode_batch": _split_decode(),
     },
     "language_model": {
         "prefill": {
@@ -109,8 +159,9 @@ MULTI_ROW = {"decode_beam": "beam", "decode_batch": "batch"}
 # kind -> (signature exported at shorter lengths as ``{signature}_{N}``, its length's name).
 BUCKETED = {"seq2seq": ("encode", "source"), "language_model": ("prefill", "prefill")}
 # The shape of ``index`` in each format version the runtime reads.
-POSITION_SHAPES = {1: (), 2: (1,), 3: (1,)}
-POSITION_SHAPE = POSITION_SHAPES[3]  # what the converter exports
+POSITION_SHAPES = {1: (), 2: (1,), 3: (1,), 4: (1,)}
+POSITION_SHAPE = POSITION_SHAPES[4]  # what the converter exports
+SPLIT_CACHE_VERSION = 4  # the first format version whose seq2seq decode reads split caches
 
 
 def bucket_name(signature: str, length: int) -> str:
@@ -131,6 +182,17 @@ def buckets(names, signature: str) -> list[int]:
     return sorted(n for name in names if (n := bucket_length(name, signature)) is not None)
 
 
+def expected_signatures(kind: str, format_version: int) -> dict[str, dict]:
+    """The contract of ``kind`` in ``format_version`` (:data:`SIGNATURES` from version 4)."""
+    expected = SIGNATURES[kind]
+    if kind == "seq2seq" and format_version < SPLIT_CACHE_VERSION:
+        expected = {
+            name: PACKED_DECODE if name in MULTI_ROW or name == "decode" else spec
+            for name, spec in expected.items()
+        }
+    return expected
+
+
 def position(index: int, shape: tuple[int, ...] = POSITION_SHAPE) -> np.ndarray:
     """The ``index`` input of a decode step: the cache position, int32, in ``shape``."""
     return np.full(shape, index, np.int32)
@@ -144,7 +206,7 @@ def check_signatures(
     kind: str,
     signatures: Mapping[str, Any],
     sizes: Mapping[str, int],
-    format_version: int = 3,
+    format_version: int = 4,
 ) -> dict[str, int]:
     """Check ``signatures`` (as ``LiteModel.signatures`` reports them) against the contract.
 
@@ -156,7 +218,7 @@ def check_signatures(
 
     Returns every named size, as bound. Raises :class:`SignatureMismatch`.
     """
-    expected = SIGNATURES[kind]
+    expected = expected_signatures(kind, format_version)
     missing = sorted(set(expected) - OPTIONAL - set(signatures))
     if missing:
         raise SignatureMismatch(f"a {kind} model needs the signatures {missing}")
@@ -200,6 +262,8 @@ def _check_signature(
     local: dict[str, int],
     format_version: int,
 ) -> None:
+    if any(LAYER in tensor for tensors in expected.values() for tensor in tensors):
+        expected = _per_layer(name, expected, bound)
     for side in ("inputs", "outputs"):
         tensors = found.get(side) if isinstance(found, Mapping) else None
         if not isinstance(tensors, Mapping) or set(tensors) != set(expected[side]):
@@ -224,6 +288,23 @@ def _check_signature(
                     )
                 continue
             _bind_shape(where, dims, shape, bound, local)
+
+
+def _per_layer(
+    name: str, expected: dict[str, dict[str, TensorSpec]], bound: dict[str, int]
+) -> dict[str, dict[str, TensorSpec]]:
+    """``expected`` with each per-layer template repeated for every layer."""
+    layers = bound.get("layers")
+    if layers is None:  # bound by encode's cross_attention_cache, checked first
+        raise SignatureMismatch(f"signature {name!r}: the number of layers is not known")
+    return {
+        side: {
+            layer_name(tensor, layer): spec
+            for tensor, spec in tensors.items()
+            for layer in (range(layers) if LAYER in tensor else [0])
+        }
+        for side, tensors in expected.items()
+    }
 
 
 def _bind_shape(

@@ -26,7 +26,19 @@ from typing import Protocol
 
 import numpy as np
 
-from keras_transformer_edge.runtime.signatures import bucket_name, buckets, position
+from keras_transformer_edge.runtime.signatures import (
+    CACHE_ENTRIES,
+    SELF_KEYS,
+    SELF_VALUES,
+    SPLIT_CACHE,
+    bucket_name,
+    buckets,
+    layer_name,
+    position,
+)
+
+# The source-length axis of each encode output: [rows, L, 2, H, source, D] and [rows, source].
+SOURCE_AXES = {"cross_attention_cache": 4, "source_mask": 1}
 
 
 class Runner(Protocol):
@@ -40,14 +52,18 @@ class Runner(Protocol):
 
 
 class Recording:
-    """A runner that keeps each signature's inputs (``samples[signature]``) as it runs them."""
+    """A runner that keeps each signature's inputs (``samples[signature]``) as it runs them.
+
+    The inputs are copied: a step driver updates its cache arrays in place."""
 
     def __init__(self, runner: Runner, samples: dict[str, list] | None = None) -> None:
         self.runner = runner
         self.samples: dict[str, list[dict[str, np.ndarray]]] = {} if samples is None else samples
 
     def run(self, signature: str, **inputs: np.ndarray) -> dict[str, np.ndarray]:
-        self.samples.setdefault(signature, []).append(inputs)
+        self.samples.setdefault(signature, []).append(
+            {name: np.array(value) for name, value in inputs.items()}
+        )
         return self.runner.run(signature, **inputs)
 
     def input_spec(self, signature: str, name: str) -> tuple[tuple[int, ...], np.dtype]:
@@ -81,43 +97,121 @@ def encode_source(runner: Runner, source_ids: np.ndarray, bucketed: bool = True)
         return runner.run("encode", source_ids=source_ids)
     length = runner.input_spec(name, "source_ids")[0][1]
     outputs = runner.run(name, source_ids=np.ascontiguousarray(source_ids[:, :length]))
-    full = {
-        "cross_attention_cache": runner.input_spec("decode", "cross_attention_cache")[0],
-        "source_mask": runner.input_spec("decode", "source_mask")[0],
-    }
+    missing = runner.input_spec("encode", "source_ids")[0][1] - length
     return {
-        key: np.pad(value, [(0, want - have) for have, want in zip(value.shape, full[key])])
+        key: np.pad(
+            value, [(0, missing if axis == SOURCE_AXES[key] else 0) for axis in range(value.ndim)]
+        )
         for key, value in outputs.items()
     }
 
 
-class _CarriedStep:
-    """One step signature fed the same encoded inputs every step, its cache carried: bound to
-    a reserved interpreter (``runtime/reserved.py``: fixed inputs written once, the cache
-    kept in place) when the runner is one and the runtime allows; else copied in and out."""
+def _has_input(runner: Runner, signature: str, name: str) -> bool:
+    try:
+        runner.input_spec(signature, name)
+    except KeyError:
+        return False
+    return True
 
-    def __init__(self, runner: Runner, signature: str, encoded: dict, cache: np.ndarray) -> None:
-        self.runner, self.signature, self.encoded, self.cache = runner, signature, encoded, cache
+
+def split_cache(runner: Runner, signature: str = "decode") -> bool:
+    """Whether ``signature`` reads per-layer caches and returns new entries (format 4,
+    ``signatures.py``), not one packed ``cache`` carried in and out."""
+    return not _has_input(runner, signature, "cache")
+
+
+def cache_length(runner: Runner, signature: str = "decode") -> int:
+    """The positions a decode step's cache holds (``target``, or a language model's
+    ``context``)."""
+    if split_cache(runner, signature):
+        return runner.input_spec(signature, layer_name(SELF_KEYS, 0))[0][2]
+    return runner.input_spec(signature, "cache")[0][-2]
+
+
+def _layers(runner: Runner, signature: str) -> int:
+    layers = 0
+    while _has_input(runner, signature, layer_name(SELF_KEYS, layers)):
+        layers += 1
+    return layers
+
+
+def step_inputs(runner: Runner, signature: str, encoded: dict) -> tuple[dict, dict]:
+    """``(fixed, carried)`` inputs of a seq2seq step signature for ``encoded`` (``encode``'s
+    outputs, one row per signature row): what stays the same every step (the source), and the
+    cache the steps carry, zero at first."""
+    fixed = {"source_mask": encoded["source_mask"]}
+    cross = encoded["cross_attention_cache"]  # [rows, L, 2, H, S, D]
+    if not split_cache(runner, signature):
+        fixed["cross_attention_cache"] = cross
+        return fixed, {"cache": np.zeros(runner.input_spec(signature, "cache")[0], np.float32)}
+    carried = {}
+    for layer in range(_layers(runner, signature)):
+        keys, values, cross_keys, cross_values = (
+            layer_name(template, layer) for template in SPLIT_CACHE
+        )
+        fixed[cross_keys] = np.ascontiguousarray(cross[:, layer, 0])
+        fixed[cross_values] = np.ascontiguousarray(cross[:, layer, 1].swapaxes(-1, -2))
+        for name in (keys, values):
+            carried[name] = np.zeros(runner.input_spec(signature, name)[0], np.float32)
+    return fixed, carried
+
+
+class _CarriedStep:
+    """One step signature fed the same fixed inputs every step, its cache carried: bound to a
+    reserved interpreter (``runtime/reserved.py``: fixed inputs written once, the cache kept
+    in the interpreter's own input tensors) when the runner is one and the runtime allows;
+    else every input passed on each call.
+
+    A format-4 step returns the new cache entries and they are written at ``index`` in place;
+    an older step returns its whole packed cache, copied over the carried one.
+    """
+
+    def __init__(
+        self, runner: Runner, signature: str, fixed: dict, carried: dict, bind: bool = True
+    ) -> None:
+        self.runner, self.signature, self.fixed = runner, signature, fixed
         self.position_shape, _ = runner.input_spec(signature, "index")  # [1]; [] in format 1
-        bind = getattr(runner, "bind", None)
-        self.bound = bind(signature, {**encoded, "cache": cache}) if bind is not None else None
+        binder = getattr(runner, "bind", None) if bind else None
+        self.bound = binder(signature, {**fixed, **carried}) if binder is not None else None
+        # The carried arrays: the interpreter's own input tensors when bound.
+        self.state = {name: self.bound.inputs[name] for name in carried} if self.bound else carried
+        if self.bound is not None:
+            self._token, self._index = self.bound.inputs["token"], self.bound.inputs["index"]
+        self._targets = [
+            (self.state[layer_name(SELF_KEYS, layer)], self.state[layer_name(SELF_VALUES, layer)])
+            for layer in range(len(carried) // 2)
+            if "cache" not in carried
+        ]
 
     def __call__(self, token: np.ndarray, index: int) -> np.ndarray:
         """Logits ``[rows, V]`` (a copy) after writing ``token`` ``[rows, 1]`` at ``index``."""
-        at = position(index, self.position_shape)
         if self.bound is not None:
-            return self.bound.step(token=token, index=at)["logits"][:, 0].copy()
-        outputs = self.runner.run(
-            self.signature, token=token, cache=self.cache, index=at, **self.encoded
-        )
-        self.cache = outputs["cache"]
-        return outputs["logits"][:, 0]
+            # Written straight into the interpreter's inputs: a decode step is about 0.2 ms,
+            # and the checked step() spent 5% of it on checking its own driver's arrays.
+            if token.shape != self._token.shape:
+                raise ValueError(f"{self.signature}: token {token.shape}, not {self._token.shape}")
+            self._token[...] = token
+            self._index[...] = index
+            outputs = self.bound.invoke()
+        else:
+            at = position(index, self.position_shape)
+            outputs = self.runner.run(
+                self.signature, token=token, index=at, **self.fixed, **self.state
+            )
+        logits = outputs["logits"][:, 0].copy()
+        if self._targets:
+            entries = outputs[CACHE_ENTRIES]  # [rows, L, 2, H, D]
+            for layer, (keys, values) in enumerate(self._targets):
+                keys[:, :, index] = entries[:, layer, 0]
+                values[:, :, :, index] = entries[:, layer, 1]
+        else:
+            np.copyto(self.state["cache"], outputs["cache"])
+        return logits
 
     def reorder(self, rows: np.ndarray) -> None:
-        if self.bound is not None:
-            self.bound.reorder(rows)
-        else:
-            self.cache = self.cache[rows]
+        """Row ``i`` of the cache becomes a copy of row ``rows[i]``."""
+        for array in self.state.values():
+            array[...] = array[rows]
 
 
 def _beam_rows(runner: Runner) -> int | None:
@@ -147,43 +241,38 @@ class Seq2SeqSteps:
         self.runner, self.rows = runner, rows
         encoded = encode_source(runner, source_ids, bucketed)
         beam_rows = _beam_rows(runner) if rows > 1 else None
-        self.signature = "decode" if rows == 1 else "decode_beam" if beam_rows == rows else None
-        cache_shape, _ = runner.input_spec("decode", "cache")
-        self.cache = np.zeros((rows, *cache_shape[1:]), np.float32)
-        self.position_shape, _ = runner.input_spec("decode", "index")  # [1]; [] in format 1
-        self.encoded = encoded  # one row
-        if self.signature == "decode_beam":  # every beam reads the same source
-            self.encoded = {name: np.repeat(value, rows, axis=0) for name, value in encoded.items()}
-        self.step = (
-            _CarriedStep(runner, self.signature, self.encoded, self.cache)
-            if self.signature is not None
-            else None
-        )
+        if rows == 1 or beam_rows == rows:
+            signature = "decode" if rows == 1 else "decode_beam"
+            # Every beam reads the same source.
+            encoded = {name: np.repeat(value, rows, axis=0) for name, value in encoded.items()}
+            self.steps = [_CarriedStep(runner, signature, *step_inputs(runner, signature, encoded))]
+        else:  # no signature of this many rows: one decode per row, each with its own cache
+            self.steps = [
+                _CarriedStep(runner, "decode", *step_inputs(runner, "decode", encoded), bind=False)
+                for _ in range(rows)
+            ]
 
     def feed(self, tokens: np.ndarray, index: int) -> np.ndarray:
         """Logits ``[rows, V]`` after writing ``tokens`` ``[rows]`` at position ``index``."""
-        if self.step is not None:
-            return self.step(np.asarray(tokens, np.int32).reshape(self.rows, 1), index)
-        at = position(index, self.position_shape)
-        return np.concatenate([self._row(tokens, at, row) for row in range(self.rows)])
-
-    def _row(self, tokens: np.ndarray, at: np.ndarray, row: int) -> np.ndarray:
-        outputs = self.runner.run(
-            "decode",
-            token=np.asarray(tokens[row : row + 1], np.int32).reshape(1, 1),
-            cache=self.cache[row : row + 1],
-            index=at,
-            **self.encoded,
+        tokens = np.asarray(tokens, np.int32)
+        if len(self.steps) == 1:
+            return self.steps[0](tokens.reshape(self.rows, 1), index)
+        return np.concatenate(
+            [
+                step(tokens[row : row + 1].reshape(1, 1), index)
+                for row, step in enumerate(self.steps)
+            ]
         )
-        self.cache[row] = outputs["cache"][0]
-        return outputs["logits"][:, 0]
 
     def reorder(self, rows: np.ndarray) -> None:
         """Row ``i`` of the cache becomes a copy of row ``rows[i]``."""
-        if self.step is not None:
-            self.step.reorder(rows)
-        else:
-            self.cache = self.cache[rows]
+        if len(self.steps) == 1:
+            self.steps[0].reorder(rows)
+            return
+        for name in self.steps[0].state:
+            copies = [step.state[name].copy() for step in self.steps]
+            for step, row in zip(self.steps, rows, strict=True):
+                np.copyto(step.state[name], copies[row])
 
 
 class BatchSteps:
@@ -207,8 +296,9 @@ class BatchSteps:
         encoded = [encode_source(runner, source[None]) for source in sources]
         encoded += [encoded[-1]] * (self.rows - self.count)
         encoded = {name: np.concatenate([one[name] for one in encoded]) for name in encoded[0]}
-        cache = np.zeros(runner.input_spec("decode_batch", "cache")[0], np.float32)
-        self.step = _CarriedStep(runner, "decode_batch", encoded, cache)
+        self.step = _CarriedStep(
+            runner, "decode_batch", *step_inputs(runner, "decode_batch", encoded)
+        )
 
     def feed(self, tokens: np.ndarray, index: int) -> np.ndarray:
         """Logits ``[n, V]`` after writing ``tokens`` ``[n]`` at position ``index``."""

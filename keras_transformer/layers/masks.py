@@ -52,6 +52,12 @@ def causal_mask(query_length: int, key_length: int | None = None, offset=0):
     return ops.less_equal(_key_minus_query(query_length, key_length), ops.cast(offset, "int32"))
 
 
+def slots_before(key_length: int, offset):
+    """``[1, S]``: the cache slots before position ``offset`` (those already written when a
+    decoding step's token sits at ``offset`` and its own key is kept apart)."""
+    return ops.less(_key_minus_query(1, key_length), ops.cast(offset, "int32"))
+
+
 def sliding_window_mask(
     query_length: int,
     key_length: int | None = None,

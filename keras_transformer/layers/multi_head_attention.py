@@ -5,10 +5,10 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from keras_transformer.layers.masks import attention_mask_for
+from keras_transformer.layers.masks import attention_mask_for, merge_masks, slots_before
 from keras_transformer.layers.quantization_points import point_function, quantization_point
 from keras_transformer.layers.rotary_embedding import RotaryEmbedding
-from keras_transformer.layers.scaled_dot_product_attention import attend
+from keras_transformer.layers.scaled_dot_product_attention import attend, attend_step
 from keras_transformer.layers.validation import (
     ArgumentError,
     check_rank,
@@ -215,9 +215,15 @@ class MultiHeadAttention(keras.layers.Layer):
         kv_heads = self.num_key_value_heads
         if self.key_dim == self.value_dim:
             heads = self._to_heads(projected, query_heads + 2 * kv_heads, self.key_dim)
+            # Equal parts split with SPLIT, which TFLite's XNNPACK delegate runs; uneven
+            # ones need SPLIT_V, which it does not, and each op it leaves out splits the
+            # graph around it (measured: a decode step 0.02 ms slower).
             if not query_heads:
-                key, value = ops.split(heads, [kv_heads], axis=1)
+                key, value = ops.split(heads, 2, axis=1)
                 return None, key, value
+            if query_heads == kv_heads:
+                query, key, value = ops.split(heads, 3, axis=1)
+                return query, key, value
             query, key, value = ops.split(heads, [query_heads, query_heads + kv_heads], axis=1)
             return query, key, value
         query_width = query_heads * self.key_dim
@@ -289,7 +295,7 @@ class MultiHeadAttention(keras.layers.Layer):
             # padding is whatever the caller passes in `key_padding_mask`.
             key_padding_mask = keras_mask_of(query if self_attention else value)
 
-        batch, query_length = ops.shape(query)[0], ops.shape(query)[1]
+        query_length = ops.shape(query)[1]
         offset = 0
         if self_attention:
             q, k, v = self._project_self(query)
@@ -342,20 +348,91 @@ class MultiHeadAttention(keras.layers.Layer):
             quantize=point_function(self),
             bounded=self.bounded_masked_scores,
         )
-        attended = ops.reshape(
-            ops.transpose(attended, (0, 2, 1, 3)),
-            (batch, query_length, self.num_heads * self.value_dim),
-        )
-        output = quantization_point(
-            self, "output", self._project(attended, self.output_kernel, self._bias("output_bias"))
-        )
-
+        output = self._output(attended)
         results = (output,)
         if return_attention_scores:
             results += (weights,)
         if cache is not None:
             results += (cache,)
         return results[0] if len(results) == 1 else results
+
+    def _output(self, attended):
+        """Heads ``[B, H, T, Dv]`` merged and projected: ``[B, T, output_dim]``."""
+        batch, length = ops.shape(attended)[0], ops.shape(attended)[2]
+        attended = ops.reshape(
+            ops.transpose(attended, (0, 2, 1, 3)), (batch, length, self.num_heads * self.value_dim)
+        )
+        projected = self._project(attended, self.output_kernel, self._bias("output_bias"))
+        return quantization_point(self, "output", projected)
+
+    # -- one decoding step over read-only caches ----------------------------------------
+    def decode_step(self, query, key_cache, value_cache, cache_index=None, key_padding_mask=None):
+        """One token's attention over caches that are read, never written (the device export).
+
+        Args:
+            query: ``[B, 1, d_query]``.
+            key_cache: ``[B, H_kv, S, key_dim]``.
+            value_cache: ``[B, H_kv, value_dim, S]``, value-major (see
+                :func:`~keras_transformer.layers.scaled_dot_product_attention.attend_step`).
+            cache_index: self-attention: the token's position; cache slots before it hold
+                the earlier tokens' keys and values, and the token's own are computed here.
+                ``None``: cross-attention over a memory (:meth:`compute_key_value_cache`).
+            key_padding_mask: ``[B, S]``, the keys to attend (the memory's real tokens).
+
+        Returns:
+            Self-attention: ``(output [B, 1, output_dim], new_key [B, H_kv, 1, key_dim],
+            new_value [B, H_kv, 1, value_dim])``, the token's own entry for the caller to
+            store at ``cache_index``. Cross-attention: ``output``.
+        """
+        check_rank("MultiHeadAttention", "query", query.shape, 3)
+        if query.shape[1] not in (None, 1):
+            raise ArgumentError(
+                f"MultiHeadAttention.decode_step: one query token at a time, got {query.shape[1]}"
+            )
+        self._check_cacheable()
+        point = point_function(self)
+        cache_length = ops.shape(key_cache)[2]
+        if cache_index is None:
+            projected = self._project(query, self.query_kernel, self._bias("query_bias"))
+            query = quantization_point(self, "query_projection", projected)
+            mask = None
+            if key_padding_mask is not None:
+                mask = ops.reshape(ops.cast(key_padding_mask, "bool"), (-1, 1, 1, cache_length))
+            attended, _ = attend(
+                self._to_heads(query, self.num_heads, self.key_dim),
+                key_cache,
+                ops.swapaxes(value_cache, -1, -2),
+                mask=mask,
+                quantize=point,
+                bounded=self.bounded_masked_scores,
+            )
+            return self._output(attended)
+        q, k, v = self._project_self(query)
+        if self._rotary is not None:
+            q = self._rotary(q, start_index=cache_index, sequence_axis=2)
+            k = self._rotary(k, start_index=cache_index, sequence_axis=2)
+        visible = merge_masks(
+            slots_before(cache_length, cache_index),
+            attention_mask_for(
+                1,
+                cache_length,
+                key_padding_mask=key_padding_mask,
+                sliding_window=self.sliding_window,
+                use_causal_mask=True,
+                offset=cache_index,
+            ),
+        )
+        attended, _ = attend_step(
+            q,
+            key_cache,
+            value_cache,
+            k,
+            v,
+            ops.expand_dims(visible, -3),  # [B or 1, 1, S] -> [B or 1, 1, 1, S]
+            quantize=point,
+            bounded=self.bounded_masked_scores,
+        )
+        return self._output(attended), k, v
 
     # -- checks -----------------------------------------------------------------------
     def _check_key(self, value, key):

@@ -128,27 +128,100 @@ def attend(
     instead of pushed to -1e9, for an integer scores tensor; the weights differ from the
     unbounded ones by at most e^-8 of each masked key's share.
     """
-    point = quantize or (lambda name, x: x)
+    point = quantize or _no_point
     batch, query_length = ops.shape(query)[0], ops.shape(query)[2]
     key_length = ops.shape(key)[2]
     heads, kv_heads = query.shape[1], key.shape[1]
-    depth, value_depth = query.shape[-1], value.shape[-1]
-    groups = heads // kv_heads
+    value_depth = value.shape[-1]
+    grouped = _grouped_query(query, kv_heads, scale, point)
+    scores = ops.matmul(grouped, ops.swapaxes(key, -1, -2))
+    scores = point("scores", ops.reshape(scores, (batch, heads, query_length, key_length)))
+    weights = _masked_softmax(scores, mask, bounded, point)
+
+    attended = weights
+    if training and dropout_rate > 0.0:
+        attended = keras.random.dropout(weights, dropout_rate, seed=seed)
+    attended = ops.reshape(attended, (batch, kv_heads, -1, key_length))
+    output = ops.reshape(ops.matmul(attended, value), (batch, heads, query_length, value_depth))
+    return point("attention_output", output), weights
+
+
+def attend_step(
+    query,
+    key_cache,
+    value_cache,
+    new_key,
+    new_value,
+    cache_mask,
+    scale=None,
+    quantize=None,
+    bounded=False,
+):
+    """One query token against a read-only KV cache plus its own key and value.
+
+    The same result as :func:`attend` over the keys ``key_cache[cache_mask]`` followed by
+    ``new_key``, without writing the new entry into the cache: the caller stores it (a
+    device runtime writes one row in place instead of copying the whole cache through the
+    graph every step).
+
+    Args:
+        query: ``[B, H, 1, D]``.
+        key_cache: ``[B, H_kv, S, D]``.
+        value_cache: ``[B, H_kv, D_v, S]``, value-major: ``weights @ values`` is then a
+            matmul with a transposed right side, which TFLite's BATCH_MATMUL reads in place
+            (an untransposed right side it copies into a transposed scratch on every call).
+        new_key, new_value: ``[B, H_kv, 1, D]`` and ``[B, H_kv, 1, D_v]``, the query token's.
+        cache_mask: boolean, broadcastable to ``[B, 1, 1, S]``: the cache slots to attend.
+        scale, quantize, bounded: as in :func:`attend`.
+
+    Returns ``(output [B, H, 1, D_v], weights [B, H, 1, S + 1])``, the last weight the new
+    token's own.
+    """
+    point = quantize or _no_point
+    batch, cache_length = ops.shape(query)[0], ops.shape(key_cache)[2]
+    heads, kv_heads, value_depth = query.shape[1], key_cache.shape[1], new_value.shape[-1]
+    grouped = _grouped_query(query, kv_heads, scale, point)  # [B, H_kv, G, D]
+    cache_scores = ops.matmul(grouped, ops.swapaxes(key_cache, -1, -2))
+    own_scores = ops.sum(grouped * new_key, axis=-1, keepdims=True)
+    scores = ops.concatenate([cache_scores, own_scores], axis=-1)
+    scores = point("scores", ops.reshape(scores, (batch, heads, 1, cache_length + 1)))
+    visible = ops.broadcast_to(ops.cast(cache_mask, "bool"), (batch, 1, 1, cache_length))
+    mask = ops.concatenate([visible, ops.ones((batch, 1, 1, 1), "bool")], axis=-1)
+    weights = _masked_softmax(scores, mask, bounded, point)
+    grouped_weights = ops.reshape(weights, (batch, kv_heads, -1, cache_length + 1))
+    # Slices, not an uneven split: XNNPACK runs STRIDED_SLICE, not SPLIT_V.
+    cache_weights = grouped_weights[..., :cache_length]
+    own_weight = grouped_weights[..., cache_length:]
+    output = ops.matmul(cache_weights, ops.swapaxes(value_cache, -1, -2))
+    output = output + own_weight * new_value
+    output = ops.reshape(output, (batch, heads, 1, value_depth))
+    return point("attention_output", output), weights
+
+
+def _no_point(name, x):
+    return x
+
+
+def _grouped_query(query, kv_heads: int, scale, point):
+    """The scaled query ``[B, H, T, D]`` as ``[B, H_kv, G * T, D]``.
+
+    Grouped heads fold into the matmul rows (a free reshape), so each key/value head is read
+    once for its G query heads (no repeat), and both products are plain batched matmuls
+    (5-D einsums were 3x slower to differentiate).
+    """
+    depth = query.shape[-1]
     if scale is None:
         scale = 1.0 / float(depth) ** 0.5
+    query = point("query", query * ops.cast(scale, query.dtype))
+    return ops.reshape(query, (ops.shape(query)[0], kv_heads, -1, depth))
 
-    # Grouped heads fold into the matmul rows: [B, H, T, D] -> [B, H_kv, G * T, D] is a free
-    # reshape, so each key/value head is read once for its G query heads (no repeat), and
-    # both products are plain batched matmuls (5-D einsums were 3x slower to differentiate).
-    query = ops.reshape(
-        point("query", query * ops.cast(scale, query.dtype)),
-        (batch, kv_heads, groups * query_length, depth),
-    )
-    scores = ops.matmul(query, ops.swapaxes(key, -1, -2))
-    scores = point("scores", ops.reshape(scores, (batch, heads, query_length, key_length)))
+
+def _masked_softmax(scores, mask, bounded: bool, point):
+    """Softmax weights of ``scores`` over the keys ``mask`` allows (float32 softmax under
+    mixed precision; a fully masked row gives zeros), in the scores' dtype."""
     compute_dtype = keras.backend.standardize_dtype(scores.dtype)
     if compute_dtype in _HALF_DTYPES:
-        scores = ops.cast(scores, "float32")  # softmax in float32 under mixed precision
+        scores = ops.cast(scores, "float32")
     if mask is not None:
         mask = ops.cast(mask, "bool")
         if bounded:
@@ -161,14 +234,7 @@ def attend(
     if mask is not None:
         # A fully masked row has a uniform softmax; multiplying by the mask zeroes it.
         weights = weights * ops.cast(mask, weights.dtype)
-    weights = ops.cast(weights, compute_dtype)
-
-    attended = weights
-    if training and dropout_rate > 0.0:
-        attended = keras.random.dropout(weights, dropout_rate, seed=seed)
-    attended = ops.reshape(attended, (batch, kv_heads, groups * query_length, key_length))
-    output = ops.reshape(ops.matmul(attended, value), (batch, heads, query_length, value_depth))
-    return point("attention_output", output), weights
+    return ops.cast(weights, compute_dtype)
 
 
 def _bounded_masked_scores(scores, mask):

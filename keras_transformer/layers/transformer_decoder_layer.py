@@ -116,30 +116,26 @@ class TransformerDecoderLayer(TransformerLayerBase):
             decoder_padding_mask = keras_mask_of(decoder_sequence)
         if encoder_padding_mask is None:
             encoder_padding_mask = keras_mask_of(encoder_sequence)
-        scores = {}
+        scores, caches = {}, []
 
-        x = self._block_input(decoder_sequence, self.self_attention_norm)
-        outputs = self.self_attention(
-            x,
-            attention_mask=decoder_attention_mask,
-            key_padding_mask=decoder_padding_mask,
-            use_causal_mask=use_causal_mask,
-            cache=self_attention_cache,
-            cache_index=cache_index,
-            return_attention_scores=True,
-            training=training,
-        )
-        x, scores["self_attention"] = outputs[0], outputs[1]
-        if self_attention_cache is not None:
-            self_attention_cache = outputs[2]
-        x = self._block_output(
-            decoder_sequence, x, self.self_attention_norm, self.self_attention_dropout, training
-        )
+        def attend_self(x):
+            outputs = self.self_attention(
+                x,
+                attention_mask=decoder_attention_mask,
+                key_padding_mask=decoder_padding_mask,
+                use_causal_mask=use_causal_mask,
+                cache=self_attention_cache,
+                cache_index=cache_index,
+                return_attention_scores=True,
+                training=training,
+            )
+            scores["self_attention"] = outputs[1]
+            caches.extend(outputs[2:])
+            return outputs[0]
 
-        if self.has_cross_attention:
-            residual = x
+        def attend_memory(x):
             outputs = self.cross_attention(
-                self._block_input(x, self.cross_attention_norm),
+                x,
                 encoder_sequence,
                 attention_mask=encoder_attention_mask,
                 key_padding_mask=encoder_padding_mask,
@@ -147,23 +143,82 @@ class TransformerDecoderLayer(TransformerLayerBase):
                 return_attention_scores=True,
                 training=training,
             )
-            x, scores["cross_attention"] = outputs[0], outputs[1]
-            x = self._block_output(
-                residual, x, self.cross_attention_norm, self.cross_attention_dropout, training
-            )
+            scores["cross_attention"] = outputs[1]
+            return outputs[0]
 
-        residual = x
-        x = self.feedforward(self._block_input(x, self.feedforward_norm), training=training)
-        x = self._block_output(
-            residual, x, self.feedforward_norm, self.feedforward_dropout, training
-        )
-
-        results = (x,)
-        if self_attention_cache is not None:
-            results += (self_attention_cache,)
+        x = self._blocks(decoder_sequence, attend_self, attend_memory, training)
+        results = (x, *caches)
         if return_attention_scores:
             results += (scores,)
         return results[0] if len(results) == 1 else results
+
+    def decode_step(
+        self,
+        decoder_sequence,
+        key_cache,
+        value_cache,
+        cache_index,
+        cross_key_cache=None,
+        cross_value_cache=None,
+        encoder_padding_mask=None,
+    ):
+        """One token through the layer with read-only caches (the device export's decode).
+
+        Args:
+            decoder_sequence: ``[B, 1, d]``, the token at ``cache_index``.
+            key_cache, value_cache: the self-attention cache, ``[B, H_kv, S_max, head_dim]``
+                and value-major ``[B, H_kv, head_dim, S_max]``; slots before ``cache_index``
+                hold the earlier tokens.
+            cross_key_cache, cross_value_cache: the projected encoder memory in the same two
+                layouts (length ``S``), for a layer with cross-attention.
+            encoder_padding_mask: ``[B, S]``.
+
+        Returns ``(outputs [B, 1, d], new_key, new_value)``: the token's own self-attention
+        entry ``[B, H_kv, 1, head_dim]`` each, to be stored at ``cache_index``.
+        """
+        if self.has_cross_attention and cross_key_cache is None:
+            raise ArgumentError(
+                "TransformerDecoderLayer.decode_step: this layer has cross-attention and needs "
+                "cross_key_cache and cross_value_cache"
+            )
+        entry = []
+
+        def attend_self(x):
+            output, key, value = self.self_attention.decode_step(
+                x, key_cache, value_cache, cache_index
+            )
+            entry.extend((key, value))
+            return output
+
+        def attend_memory(x):
+            return self.cross_attention.decode_step(
+                x, cross_key_cache, cross_value_cache, key_padding_mask=encoder_padding_mask
+            )
+
+        x = self._blocks(decoder_sequence, attend_self, attend_memory, training=False)
+        return x, entry[0], entry[1]
+
+    def _blocks(self, decoder_sequence, attend_self, attend_memory, training):
+        """The residual blocks around the two attentions (each takes its normalized input)."""
+        x = self._block_input(decoder_sequence, self.self_attention_norm)
+        x = self._block_output(
+            decoder_sequence,
+            attend_self(x),
+            self.self_attention_norm,
+            self.self_attention_dropout,
+            training,
+        )
+        if self.has_cross_attention:
+            residual = x
+            x = attend_memory(self._block_input(x, self.cross_attention_norm))
+            x = self._block_output(
+                residual, x, self.cross_attention_norm, self.cross_attention_dropout, training
+            )
+        residual = x
+        x = self.feedforward(self._block_input(x, self.feedforward_norm), training=training)
+        return self._block_output(
+            residual, x, self.feedforward_norm, self.feedforward_dropout, training
+        )
 
     def compute_output_shape(self, decoder_sequence_shape, encoder_sequence_shape=None):
         return decoder_sequence_shape

@@ -171,6 +171,54 @@ class TransformerDecoder(_Stack):
             [layer.compute_cross_attention_cache(encoder_sequence) for layer in self.layers], axis=1
         )
 
+    def split_caches(self, self_attention_cache, cross_attention_cache=None) -> list[tuple]:
+        """Packed caches (``[B, L, 2, H_kv, S, head_dim]``) as :meth:`decode_step` takes them:
+        per layer ``(keys, values, cross_keys, cross_values)``, keys ``[B, H_kv, S, D]`` and
+        values value-major ``[B, H_kv, D, S]`` (``None`` for a missing cross cache)."""
+
+        def layer_entries(cache, index):
+            if cache is None:
+                return None, None
+            return cache[:, index, 0], ops.swapaxes(cache[:, index, 1], -1, -2)
+
+        return [
+            layer_entries(self_attention_cache, index) + layer_entries(cross_attention_cache, index)
+            for index in range(self.num_layers)
+        ]
+
+    def decode_step(self, decoder_sequence, caches, cache_index, encoder_padding_mask=None):
+        """One token through the stack with read-only caches (the device export's decode).
+
+        Args:
+            decoder_sequence: ``[B, 1, d]``, the token at ``cache_index``.
+            caches: per layer ``(keys, values, cross_keys, cross_values)`` as
+                :meth:`split_caches` lays them out.
+            cache_index: the token's position.
+            encoder_padding_mask: ``[B, S]``.
+
+        Returns ``(outputs [B, 1, d], entries [B, L, 2, H_kv, head_dim])``: every layer's
+        new key and value, to be stored at ``cache_index`` of its caches.
+        """
+        if len(caches) != self.num_layers:
+            raise ArgumentError(
+                f"TransformerDecoder.decode_step: {len(caches)} layer caches for "
+                f"{self.num_layers} layers"
+            )
+        x, entries = decoder_sequence, []
+        for layer, (keys, values, cross_keys, cross_values) in zip(self.layers, caches):
+            x, key, value = layer.decode_step(
+                x, keys, values, cache_index, cross_keys, cross_values, encoder_padding_mask
+            )
+            # [B, H_kv, 1, D] each -> [B, 1, 2, H_kv, D]: reshapes and one concatenation
+            # (TFLite's XNNPACK delegate runs both; not PACK).
+            entries += [ops.expand_dims(ops.swapaxes(key, 1, 2), 1)]
+            entries += [ops.expand_dims(ops.swapaxes(value, 1, 2), 1)]
+        entries = ops.concatenate(entries, axis=2)  # [B, 1, 2L, H_kv, D]
+        shape = ops.shape(entries)
+        return self._finish(x), ops.reshape(
+            entries, (shape[0], self.num_layers, 2, shape[3], shape[4])
+        )
+
     def call(
         self,
         decoder_sequence,
