@@ -182,7 +182,9 @@ def attend_step(
     heads, kv_heads, value_depth = query.shape[1], key_cache.shape[1], new_value.shape[-1]
     grouped = _grouped_query(query, kv_heads, scale, point)  # [B, H_kv, G, D]
     cache_scores = ops.matmul(grouped, ops.swapaxes(key_cache, -1, -2))
-    own_scores = ops.sum(grouped * new_key, axis=-1, keepdims=True)
+    # A matmul, not a product and a sum: with int8 activations its products accumulate
+    # in int32, where an int8 product tensor would round each one before the sum.
+    own_scores = ops.matmul(grouped, ops.swapaxes(new_key, -1, -2))
     scores = ops.concatenate([cache_scores, own_scores], axis=-1)
     scores = point("scores", ops.reshape(scores, (batch, heads, 1, cache_length + 1)))
     visible = ops.broadcast_to(ops.cast(cache_mask, "bool"), (batch, 1, 1, cache_length))
