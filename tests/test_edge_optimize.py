@@ -179,6 +179,18 @@ def _tflite_teacher_forced(flatbuffer, inputs, rows):
         )
 
 
+def _real_tokens(inputs, rows):
+    """``[rows, LENGTH]``: the decoder positions fed a real token. A decode step never sees
+    padding (the runtime stops at the end token), while Keras' teacher-forced call masks a
+    padding position's own key: the two differ there by design, so tests compare the rest."""
+    return inputs["decoder_token_ids"][:rows, :LENGTH] != 0
+
+
+def _top1_agreement(tflite, keras_logits, inputs, rows):
+    real = _real_tokens(inputs, rows)
+    return (tflite.argmax(-1) == keras_logits.argmax(-1))[real].mean()
+
+
 def test_full_int8_tflite_of_the_quantization_aware_model(quantized_seq2seq):
     quantized, inputs = quantized_seq2seq["quantized"], quantized_seq2seq["inputs"]
     dataset = _dataset(inputs, quantized_seq2seq["targets"])
@@ -205,12 +217,11 @@ def test_full_int8_tflite_of_the_quantization_aware_model(quantized_seq2seq):
     rows = 6
     tflite = _tflite_teacher_forced(flatbuffer, inputs, rows)
     keras_logits = np.asarray(quantized(inputs))[:rows]
-    agreement = (tflite.argmax(-1) == keras_logits.argmax(-1)).mean()
-    error = np.abs(tflite - keras_logits).mean() / np.abs(keras_logits).max()
+    agreement = _top1_agreement(tflite, keras_logits, inputs, rows)
+    real = _real_tokens(inputs, rows)
+    error = np.abs(tflite - keras_logits)[real].mean() / np.abs(keras_logits).max()
     print(f"tflite vs qat keras: top-1 {agreement:.3f}, mean error {error:.4f} of max logit")
-    # Format 4's decode (read-only caches, new entries returned) gave 30 of these 36 tokens
-    # (0.833; format 3's packed cache passed 0.85): see the closing note of issue 14.
-    assert agreement >= 0.8, agreement
+    assert agreement >= 0.9, agreement  # measured 0.976 (41 of 42)
     assert error < 0.02, error
 
     # Baking puts every quantized weight on its int8 grid; fake quantization of the baked
@@ -253,7 +264,9 @@ def test_quantization_aware_training_fine_tunes_and_converts_to_full_int8():
     assert set(interpreter.get_signature_list()) == {"encode", "decode"}
     tflite = _tflite_teacher_forced(flatbuffer, inputs, 4)
     keras_logits = np.asarray(quantized(inputs))[:4]
-    assert (tflite.argmax(-1) == keras_logits.argmax(-1)).mean() >= 0.85
+    agreement = _top1_agreement(tflite, keras_logits, inputs, 4)
+    print(f"tflite vs fine-tuned qat keras: top-1 {agreement:.3f}")
+    assert agreement >= 0.9, agreement  # measured 0.964 (27 of 28)
 
     fine_tuned = strip(quantized)
     assert np.abs(np.asarray(fine_tuned(inputs)) - float_logits).max() > 1e-3

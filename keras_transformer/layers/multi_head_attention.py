@@ -5,6 +5,12 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from keras_transformer.layers.attention_layout import (
+    check_cache_shape,
+    checked_attention_mask,
+    split_heads,
+    to_heads,
+)
 from keras_transformer.layers.masks import attention_mask_for, merge_masks, slots_before
 from keras_transformer.layers.quantization_points import point_function, quantization_point
 from keras_transformer.layers.rotary_embedding import RotaryEmbedding
@@ -193,54 +199,10 @@ class MultiHeadAttention(keras.layers.Layer):
         return self.add_weight(name=name, shape=(size,), initializer=self.bias_initializer)
 
     # -- projections ------------------------------------------------------------------
-    # Heads are laid out [B, heads, L, depth] right after each projection, with a single
-    # transpose of the fused output; the attention matmuls then need no further transposes,
-    # and a head split is a contiguous copy (a split along the feature axis is a strided one).
+    # Head layout and the split of the fused projection: attention_layout.py.
     def _project(self, x, kernel, bias):
         y = ops.matmul(x, kernel)
         return y + bias if bias is not None else y
-
-    def _to_heads(self, x, num_heads: int, depth: int):
-        """``[B, L, num_heads * depth]`` -> ``[B, num_heads, L, depth]``."""
-        batch, length = ops.shape(x)[0], ops.shape(x)[1]
-        return ops.transpose(ops.reshape(x, (batch, length, num_heads, depth)), (0, 2, 1, 3))
-
-    def _split_heads(self, projected, query_heads: int):
-        """Fused ``[B, L, query_heads*Dk + H_kv*Dk + H_kv*Dv]`` -> (q, k, v), head-major.
-
-        Without queries (a memory) the split has two parts, not an empty third: a full-int8
-        TFLite converter could give the empty part's split other quantization parameters
-        than its input, and fail ("violate the same scale constraint") in some processes.
-        """
-        kv_heads = self.num_key_value_heads
-        if self.key_dim == self.value_dim:
-            heads = self._to_heads(projected, query_heads + 2 * kv_heads, self.key_dim)
-            # Equal parts split with SPLIT, which TFLite's XNNPACK delegate runs; uneven
-            # ones need SPLIT_V, which it does not, and each op it leaves out splits the
-            # graph around it (measured: a decode step 0.02 ms slower).
-            if not query_heads:
-                key, value = ops.split(heads, 2, axis=1)
-                return None, key, value
-            if query_heads == kv_heads:
-                query, key, value = ops.split(heads, 3, axis=1)
-                return query, key, value
-            query, key, value = ops.split(heads, [query_heads, query_heads + kv_heads], axis=1)
-            return query, key, value
-        query_width = query_heads * self.key_dim
-        key_width = kv_heads * self.key_dim
-        if not query_heads:
-            key, value = ops.split(projected, [key_width], axis=-1)
-            return (
-                None,
-                self._to_heads(key, kv_heads, self.key_dim),
-                self._to_heads(value, kv_heads, self.value_dim),
-            )
-        query, key, value = ops.split(projected, [query_width, query_width + key_width], axis=-1)
-        return (
-            self._to_heads(query, query_heads, self.key_dim),
-            self._to_heads(key, kv_heads, self.key_dim),
-            self._to_heads(value, kv_heads, self.value_dim),
-        )
 
     def _bias(self, name):
         return getattr(self, name) if self.use_bias else None
@@ -254,13 +216,15 @@ class MultiHeadAttention(keras.layers.Layer):
             else None
         )
         projected = quantization_point(self, "projection", self._project(x, kernel, bias))
-        return self._split_heads(projected, self.num_heads)
+        return split_heads(
+            projected, self.num_heads, self.num_key_value_heads, self.key_dim, self.value_dim
+        )
 
     def _project_memory(self, value):
         """Keys and values of a memory (cross-attention), head-major."""
         projected = self._project(value, self.key_value_kernel, self._bias("key_value_bias"))
         projected = quantization_point(self, "memory_projection", projected)
-        return self._split_heads(projected, 0)[1:]
+        return split_heads(projected, 0, self.num_key_value_heads, self.key_dim, self.value_dim)[1:]
 
     def compute_key_value_cache(self, value, key=None):
         """Project a (cross-attention) memory once: ``[B, 2, H_kv, S, key_dim]``."""
@@ -305,7 +269,7 @@ class MultiHeadAttention(keras.layers.Layer):
                 k = self._rotary(k, start_index=start, sequence_axis=2)
         else:
             projected = self._project(query, self.query_kernel, self._bias("query_bias"))
-            q = self._to_heads(
+            q = to_heads(
                 quantization_point(self, "query_projection", projected),
                 self.num_heads,
                 self.key_dim,
@@ -330,7 +294,7 @@ class MultiHeadAttention(keras.layers.Layer):
             ops.shape(k)[2],
             query_padding_mask=query_padding_mask,
             key_padding_mask=key_padding_mask,
-            attention_mask=self._checked_attention_mask(attention_mask, query, k),
+            attention_mask=checked_attention_mask(attention_mask, query, k),
             use_causal_mask=use_causal_mask,
             sliding_window=self.sliding_window,
             offset=offset,
@@ -399,7 +363,7 @@ class MultiHeadAttention(keras.layers.Layer):
             if key_padding_mask is not None:
                 mask = ops.reshape(ops.cast(key_padding_mask, "bool"), (-1, 1, 1, cache_length))
             attended, _ = attend(
-                self._to_heads(query, self.num_heads, self.key_dim),
+                to_heads(query, self.num_heads, self.key_dim),
                 key_cache,
                 ops.swapaxes(value_cache, -1, -2),
                 mask=mask,
@@ -451,31 +415,7 @@ class MultiHeadAttention(keras.layers.Layer):
 
     def _check_cache(self, cache):
         self._check_cacheable()
-        expected = (2, self.num_key_value_heads, None, self.key_dim)
-        shape = tuple(cache.shape)
-        if len(shape) != 5 or any(
-            want is not None and got is not None and got != want
-            for got, want in zip(shape[1:], expected)
-        ):
-            raise ArgumentError(
-                f"MultiHeadAttention: `cache` must have shape [batch, 2, "
-                f"{self.num_key_value_heads}, max_length, {self.key_dim}], got {shape}"
-            )
-
-    def _checked_attention_mask(self, attention_mask, query, key):
-        if attention_mask is None:
-            return None
-        target = (query.shape[0], query.shape[1], key.shape[2])  # key: [B, H_kv, S, D]
-        shape = tuple(attention_mask.shape)
-        if len(shape) > 4 or any(
-            got is not None and want is not None and got not in (1, want)
-            for got, want in zip(reversed(shape[-3:]), reversed(target))
-        ):
-            raise ArgumentError(
-                f"MultiHeadAttention: `attention_mask` of shape {shape} does not broadcast to "
-                f"[batch, query_length, key_length] = {target}"
-            )
-        return attention_mask
+        check_cache_shape(cache, self.num_key_value_heads, self.key_dim)
 
     def compute_mask(self, query, value=None, key=None, **kwargs):
         return keras_mask_of(query)

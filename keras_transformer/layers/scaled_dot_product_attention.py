@@ -181,10 +181,12 @@ def attend_step(
     batch, cache_length = ops.shape(query)[0], ops.shape(key_cache)[2]
     heads, kv_heads, value_depth = query.shape[1], key_cache.shape[1], new_value.shape[-1]
     grouped = _grouped_query(query, kv_heads, scale, point)  # [B, H_kv, G, D]
-    cache_scores = ops.matmul(grouped, ops.swapaxes(key_cache, -1, -2))
+    # Both halves through the scores' quantizer: in an int8 graph they then share its
+    # range, and the concatenation is exact instead of a requantization of each.
+    cache_scores = point("scores", ops.matmul(grouped, ops.swapaxes(key_cache, -1, -2)))
     # A matmul, not a product and a sum: with int8 activations its products accumulate
     # in int32, where an int8 product tensor would round each one before the sum.
-    own_scores = ops.matmul(grouped, ops.swapaxes(new_key, -1, -2))
+    own_scores = point("scores", ops.matmul(grouped, ops.swapaxes(new_key, -1, -2)))
     scores = ops.concatenate([cache_scores, own_scores], axis=-1)
     scores = point("scores", ops.reshape(scores, (batch, heads, 1, cache_length + 1)))
     visible = ops.broadcast_to(ops.cast(cache_mask, "bool"), (batch, 1, 1, cache_length))
@@ -194,8 +196,11 @@ def attend_step(
     # Slices, not an uneven split: XNNPACK runs STRIDED_SLICE, not SPLIT_V.
     cache_weights = grouped_weights[..., :cache_length]
     own_weight = grouped_weights[..., cache_length:]
-    output = ops.matmul(cache_weights, ops.swapaxes(value_cache, -1, -2))
-    output = output + own_weight * new_value
+    # Each part through the output's quantizer too: an int8 graph then adds two tensors on
+    # the output's range, not two the converter calibrated on its own.
+    cache_part = ops.matmul(cache_weights, ops.swapaxes(value_cache, -1, -2))
+    output = point("attention_output", cache_part)
+    output = output + point("attention_output", own_weight * new_value)
     output = ops.reshape(output, (batch, heads, 1, value_depth))
     return point("attention_output", output), weights
 

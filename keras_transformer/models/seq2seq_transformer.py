@@ -166,8 +166,9 @@ class Seq2SeqTransformer(TransformerModelBase):
         """Logits ``[B, 1, V]`` for one target token at ``cache_index`` against read-only
         per-layer caches (``decoder.split_caches`` lays them out), and every layer's new
         key and value ``[B, L, 2, H_kv, head_dim]`` for the caller to store at
-        ``cache_index``: the same logits as :meth:`decode`, and the device export's
-        ``decode`` (no cache copied through the graph)."""
+        ``cache_index``: the same logits as :meth:`decode` for a real token, and the device
+        export's ``decode`` (no cache copied through the graph). A padding id (0) is not a
+        token to decode: its own key stays visible here, where a teacher-forced call masks it."""
         x = self.decoder_embedding(decoder_token_ids, start_index=cache_index)
         x, entries = self.decoder.decode_step(x, caches, cache_index, encoder_padding_mask)
         return self.output_head(x), entries
