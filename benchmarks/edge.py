@@ -36,9 +36,10 @@ Without a trained run at ``--run``, recipes/en-fr.yaml trains one there first fo
 object: ``modes`` (size_bytes, size_vs_fp32, decode_p50_ms, tokens_per_s, bleu, bleu_delta,
 top1_agreement with Keras greedy tokens), ``keras``, ``cached_vs_recompute``,
 ``tflite_vs_keras_generation``, ``ctranslate2`` (:func:`versus_ctranslate2`: the same weights in
-CTranslate2, int8 both sides), ``shipping`` (the bundle the main job would ship) and
-``batch_translation`` (:func:`batch_translation`). ``--run DIR`` takes a finished main-job run
-(``runs/main/run``) as well as a training run.
+CTranslate2, int8 both sides), ``shipping`` (the bundle the main job would ship: with a main-job
+folder that holds a student, ``run --student``, the student's, its BLEU against the teacher's
+Keras greedy) and ``batch_translation`` (:func:`batch_translation`). ``--run DIR`` takes a
+finished main-job folder (``runs/main``) as well as a training run.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ import tensorflow as tf  # noqa: E402
 from keras_transformer_cli.device_modes import compare_modes, keras_greedy  # noqa: E402
 from keras_transformer_edge.bundle import bundle_from_run  # noqa: E402
 from keras_transformer_edge.convert import convert, seq2seq_endpoints  # noqa: E402
-from keras_transformer_edge.modes import shipping_mode  # noqa: E402
+from keras_transformer_edge.modes import SHIP_PREFERENCE, shipping_mode  # noqa: E402
 from keras_transformer_edge.runtime.interpreter import LiteModel  # noqa: E402
 from keras_transformer_edge.runtime.steps import Seq2SeqSteps  # noqa: E402
 from keras_transformer_edge.runtime.translator import Translator  # noqa: E402
@@ -305,6 +306,30 @@ def shipping(modes: dict) -> dict | None:
     }
 
 
+def student_shipping(folder: Path, args, sources, references, teacher_bleu: float) -> dict | None:
+    """The shipping bundle of the student a main job distilled (``run --student``) in
+    ``folder``, its BLEU against the teacher's Keras greedy; ``None`` without a student."""
+    student = folder / "student"
+    if not (student / "model.keras").is_file():
+        return None
+    model, tokenizer = translation_recipe.load_trained(student, "model")
+    keras = keras_greedy(model, tokenizer, sources)
+    ship = [mode for mode in SHIP_PREFERENCE if mode in args.modes.split(",")]
+    modes = compare_modes(
+        student, ship, args.work_dir / "student", sources, references, keras,
+        threads=args.threads, parity_examples=args.parity_examples,
+        log=lambda line: print(f"student {line}", flush=True),
+    )  # fmt: skip
+    shipped = shipping(modes)
+    if shipped is not None:
+        entry = modes[shipped["mode"]]
+        shipped["bleu_delta_vs_keras_greedy"] = round(entry["bleu"] - teacher_bleu, 2)
+        shipped["bleu_delta_vs_student_keras_greedy"] = entry["bleu_delta"]
+        shipped["student_keras_greedy_bleu"] = round(bleu(keras.texts, references), 2)
+        shipped["model"] = f"student {model.num_encoder_layers}+{model.num_decoder_layers} layers"
+    return shipped
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, default=ROOT / "runs" / "quality" / "ours")
@@ -367,7 +392,9 @@ def main() -> None:
         args.threads,
     )  # fmt: skip
     print(f"ctranslate2: {peer}", flush=True)
-    shipped = shipping(modes)
+    # The main job's student, when it made one, is what it ships.
+    shipped = student_shipping(args.run, args, sources, references, keras_bleu) or shipping(modes)
+    print(f"shipping: {shipped}", flush=True)
     batch = batch_translation(
         run, shipped["mode"] if shipped else first, args.work_dir, sources, args.threads
     )

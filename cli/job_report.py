@@ -44,9 +44,11 @@ def format_report(figures: dict) -> str:
         f"steps in {training['train_seconds']:.0f} s; validation loss "
         f"{training.get('final_val_loss', float('nan')):.3f}, next-token accuracy "
         f"{training.get('final_val_masked_accuracy', float('nan')):.3f}",
-        f"- Keras: BLEU {beam['bleu']:.2f}, chrF {beam['chrf']:.2f} (beam {beam['beam_size']}, "
-        f"{beam['sentences']:,} test sentences); greedy BLEU {greedy['bleu']:.2f} at "
-        f"{greedy['tokens_per_s']:.0f} tokens/s (batch 1, KV cache, compiled)",
+        *_student_lines(figures),
+        f"- Keras{' student' if 'student' in figures else ''}: BLEU {beam['bleu']:.2f}, chrF "
+        f"{beam['chrf']:.2f} (beam {beam['beam_size']}, {beam['sentences']:,} test sentences); "
+        f"greedy BLEU {greedy['bleu']:.2f} at {greedy['tokens_per_s']:.0f} tokens/s (batch 1, "
+        "KV cache, compiled)",
         "",
         "Each mode on the TF-free runtime, the same test sentences, greedy, batch 1 "
         '("vs Keras": BLEU against Keras greedy; "same tokens": share of Keras\'s tokens):',
@@ -70,6 +72,23 @@ def format_report(figures: dict) -> str:
         f"{plots['attention_sentence']['translation']!r}). Finished in {figures['seconds']:.0f} s.",
     ]
     return "\n".join(lines)
+
+
+def _student_lines(figures: dict) -> list[str]:
+    """The shipped student against its teacher (none without ``--student``)."""
+    student = figures.get("student")
+    if not student:
+        return []
+    ours, teacher = figures["keras"]["greedy"], figures["keras"]["teacher_greedy"]
+    change = round(ours["bleu"] - teacher["bleu"], 2) + 0.0  # + 0.0: no "-0.00"
+    return [
+        f"- student (shipped): {student['encoder_layers']} encoder + {student['decoder_layers']} "
+        f"decoder layers, {student['parameters'] / 1e6:.1f}M parameters, distilled from the "
+        f"model above (T {student['temperature']:g}, alpha {student['alpha']:g}), "
+        f"{student['steps']:,} steps in {student['train_seconds']:.0f} s; Keras greedy BLEU "
+        f"{ours['bleu']:.2f} against the teacher's {teacher['bleu']:.2f} ({change:+.2f}), "
+        f"{ours['tokens_per_s']:.0f} against {teacher['tokens_per_s']:.0f} tokens/s",
+    ]
 
 
 def _relative(path: str, figures: dict) -> str:

@@ -3,21 +3,26 @@
 English -> French with the default recipe; the report names the recipe's languages.
 
     keras-transformer run [--output runs/main] [--train-minutes 10] [--modes ...] [--fresh]
+                          [--student [ENCODER,DECODER]] [--student-minutes M]
 
-Six stages, each reusing what an earlier run of the job already built (``--redo STAGE`` re-runs
+Seven stages, each reusing what an earlier run of the job already built (``--redo STAGE`` re-runs
 one stage and those after it, ``--fresh`` starts over):
 
 1. corpus: the recipe's pairs; by default English/French from this machine's gettext catalogs
    (offline), split.
 2. train: the recipe's translation model with ``fit`` for ``--train-minutes`` (resumes a
    killed run from its last checkpoint).
-3. evaluate: BLEU and chrF of the Keras model on the test split (beam search, as the recipe
-   says), and its greedy translations: the baseline of every device mode.
-4. quantize: one parity-gated bundle per mode (``bundles/<mode>``).
-5. device: each bundle translates the test split in the TF-free runtime (batch 1, greedy);
+3. student (with ``--student``): a model shaped for devices (default 6 encoder layers, 1
+   decoder layer: a decode step runs the decoder alone) distilled from the trained model for
+   ``--student-minutes``, on the same data and vocabulary; it is then the model the later
+   stages evaluate, quantize and ship, and the report puts its BLEU next to the teacher's.
+4. evaluate: BLEU and chrF of the (shipped) Keras model on the test split (beam search, as
+   the recipe says), and its greedy translations: the baseline of every device mode.
+5. quantize: one parity-gated bundle per mode (``bundles/<mode>``).
+6. device: each bundle translates the test split in the TF-free runtime (batch 1, greedy);
    the shipping bundle also runs in a separate process that never imports TensorFlow
    (``python -m keras_transformer_edge.runtime``: translate and bench).
-6. report: ``report.md`` / ``report.json`` and PNG plots (training curve, attention heatmaps,
+7. report: ``report.md`` / ``report.json`` and PNG plots (training curve, attention heatmaps,
    size/latency/quality per mode) in the output folder; the report is printed.
 """
 
@@ -35,61 +40,21 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from keras_transformer.errors import ExitCode, ProjectError, report_error  # noqa: E402
-from keras_transformer_edge.modes import MAIN_JOB_MODES  # noqa: E402  (dataclasses only)
+from keras_transformer_cli.job_options import (  # noqa: E402
+    STAGES,
+    JobError,
+    default_recipe,
+    layer_counts,
+    parser,
+)
 from keras_transformer_pipelines import files  # noqa: E402  (the standard library only)
 
-STAGES = ("corpus", "train", "evaluate", "quantize", "device", "report")
-DEFAULT_MODES = ",".join(MAIN_JOB_MODES)
 EXAMPLES = (
     "Open the file",
     "The password is incorrect.",
     "Could not save the document to the selected folder.",
 )
 ATTENTION_SENTENCE = "Could not open the file."
-
-
-class JobError(ProjectError):
-    """A job that cannot go on; the message is one line (exit code 1)."""
-
-
-def _parser(prog: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=f"{prog} run" if prog else "python -m keras_transformer_cli run",
-        description=__doc__.split("\n")[0],
-        epilog="Stages: " + ", ".join(STAGES) + ". Exit codes: 0 done, 1 a stage failed, "
-        "2 bad options or input.",
-    )
-    parser.add_argument("--output", type=Path, default=Path("runs/main"), help="default runs/main")
-    parser.add_argument(
-        "--recipe", type=Path, help="a translation recipe (default: recipes/en-fr.yaml)"
-    )
-    parser.add_argument(
-        "-o",
-        "--override",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="change one recipe value (repeatable), e.g. model.hidden_dim=128",
-    )
-    parser.add_argument(
-        "--train-minutes", type=float, default=10.0, help="training time (default 10; 0: no limit)"
-    )
-    parser.add_argument("--modes", default=DEFAULT_MODES, help=f"default {DEFAULT_MODES}")
-    parser.add_argument("--sentences", type=int, help="test sentences to score (default: all)")
-    parser.add_argument("--threads", type=int, default=1, help="runtime threads (default 1)")
-    parser.add_argument("--parity-examples", type=int, default=256)
-    parser.add_argument("--qat-steps", type=int, default=300, help="for the qat_int8 mode")
-    parser.add_argument("--redo", choices=STAGES[1:], help="re-run this stage and the later ones")
-    parser.add_argument("--fresh", action="store_true", help="delete the output folder first")
-    return parser
-
-
-def default_recipe() -> Path:
-    """recipes/en-fr.yaml of the working directory, else of the source tree."""
-    for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
-        if (root / "recipes" / "en-fr.yaml").is_file():
-            return root / "recipes" / "en-fr.yaml"
-    raise JobError("recipes/en-fr.yaml not found here; pass --recipe")
 
 
 def log(text: str) -> None:
@@ -114,33 +79,65 @@ class MainJob:
         overrides["output_dir"] = str(self.run_dir)
         if args.train_minutes:
             overrides["training.time_budget_s"] = args.train_minutes * 60
-        self.recipe = load_recipe(args.recipe or default_recipe(), overrides)
+        recipe_path = args.recipe or default_recipe()
+        self.recipe = load_recipe(recipe_path, overrides)
         if self.recipe.task != "translation":
             raise JobError(f"the main job runs a translation recipe, not {self.recipe.task}")
+        self.student_recipe = None
+        if args.student is not None:
+            self.student_recipe = load_recipe(recipe_path, self.student_overrides(overrides))
+        # The model the later stages evaluate, quantize and ship.
+        self.shipped_recipe = self.student_recipe or self.recipe
+        self.shipped_dir = Path(self.shipped_recipe.output_dir)
+
+    def student_overrides(self, overrides: dict) -> dict:
+        """The teacher's recipe changed into the student's: its layers, its own folder, the
+        teacher's data splits (and so its vocabulary), distillation from the teacher."""
+        from keras_transformer_pipelines.translation_recipe import corpus_paths
+
+        encoder, decoder = layer_counts(self.args.student)
+        minutes = self.args.student_minutes
+        minutes = self.args.train_minutes if minutes is None else minutes
+        if minutes < 0:
+            raise JobError(f"--student-minutes must be >= 0, got {minutes:g}")
+        student = {
+            **overrides,
+            "output_dir": str(self.output / "student"),
+            "model.num_encoder_layers": encoder,
+            "model.num_decoder_layers": decoder,
+            "distillation.teacher": str(self.run_dir),
+            "training.time_budget_s": minutes * 60 if minutes else None,
+        }
+        if self.recipe.data.corpus is not None:  # built once, in the teacher's folder
+            student["data.corpus"] = None
+            for split, path in corpus_paths(self.recipe).items():
+                student[f"data.{split}"] = str(path)
+        return student
 
     # --- reuse ----------------------------------------------------------------------------
     @property
     def model_path(self) -> Path:
-        return self.run_dir / "model.keras"
+        """The shipped model: the teacher's, or the student's with ``--student``."""
+        return self.shipped_dir / "model.keras"
 
-    def current(self, path: Path) -> bool:
-        """``path`` exists and is newer than the trained model it was made from."""
-        return (
-            path.exists()
-            and self.model_path.is_file()
-            and path.stat().st_mtime >= self.model_path.stat().st_mtime
-        )
+    def current(self, path: Path, model: Path | None = None) -> bool:
+        """``path`` exists and is newer than the trained model it was made from (by default
+        the shipped one)."""
+        model = model or self.model_path
+        return path.exists() and model.is_file() and path.stat().st_mtime >= model.stat().st_mtime
 
     def forget(self, stage: str) -> None:
         """Remove what ``stage`` and the later stages built."""
         later = STAGES[STAGES.index(stage) :]
-        if "train" in later:
-            for name in ("model.keras", "best.keras", "train_summary.json", "history.csv"):
-                (self.run_dir / name).unlink(missing_ok=True)
-            shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
+        for trained, folder in (("train", self.run_dir), ("student", self.output / "student")):
+            if trained in later:
+                for name in ("model.keras", "best.keras", "train_summary.json", "history.csv"):
+                    (folder / name).unlink(missing_ok=True)
+                shutil.rmtree(folder / "checkpoints", ignore_errors=True)
         if "evaluate" in later:
-            (self.run_dir / "evaluation.json").unlink(missing_ok=True)
-            (self.output / "keras_greedy.json").unlink(missing_ok=True)
+            (self.shipped_dir / "evaluation.json").unlink(missing_ok=True)
+            for name in ("keras_greedy.json", "teacher_greedy.json"):
+                (self.output / name).unlink(missing_ok=True)
         if "quantize" in later:
             shutil.rmtree(self.output / "bundles", ignore_errors=True)
         if "device" in later:
@@ -174,23 +171,33 @@ class MainJob:
         newest checkpoint; a run that has its budget or its steps is reused."""
         from keras_transformer_pipelines import translation_recipe
 
-        summary_path = self.run_dir / "train_summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
-        if summary and self.model_path.is_file() and self.trained_enough(summary):
-            log(f"  reusing the trained model in {self.run_dir}")
-            return summary
-        return translation_recipe.train(self.recipe)
+        return self.trained(self.recipe, translation_recipe.train)
 
-    def trained_enough(self, summary: dict) -> bool:
-        """Whether the run has its steps, its whole time budget, or stopped early."""
-        training = self.recipe.training
-        if summary.get("steps", 0) >= training.train_steps:
-            return True
-        budget = training.time_budget_s
-        spent = summary.get("total_train_seconds", summary.get("train_seconds", 0))
-        if summary.get("stopped_by") == "early_stopping":
-            return True
-        return budget is not None and spent >= budget
+    def student(self) -> dict | None:
+        """Distil the student from the trained model (or reuse or continue it, as ``train``)."""
+        from keras_transformer_pipelines import translation_recipe
+
+        if self.student_recipe is None:
+            return None
+        summary = self.trained(self.student_recipe, translation_recipe.train)
+        model = self.student_recipe.model
+        distillation = self.student_recipe.distillation
+        return {
+            **summary,
+            "encoder_layers": model.num_encoder_layers,
+            "decoder_layers": model.num_decoder_layers,
+            "temperature": distillation.temperature,
+            "alpha": distillation.alpha,
+        }
+
+    def trained(self, recipe, train) -> dict:
+        folder = Path(recipe.output_dir)
+        summary_path = folder / "train_summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+        if summary and (folder / "model.keras").is_file() and trained_enough(summary, recipe):
+            log(f"  reusing the trained model in {folder}")
+            return summary
+        return train(recipe)
 
     def sentences(self) -> tuple[list[str], list[str]]:
         from keras_transformer_pipelines.translation_recipe import read_pairs, split_paths
@@ -200,21 +207,35 @@ class MainJob:
         return [source for source, _ in pairs], [target for _, target in pairs]
 
     def evaluate(self) -> dict:
+        from keras_transformer_pipelines import translation_recipe
+
+        sources, references = self.sentences()
+        # evaluate() writes evaluation.json (and hypotheses.txt) into the run folder.
+        beam_path = self.shipped_dir / "evaluation.json"
+        beam = json.loads(beam_path.read_text()) if self.current(beam_path) else None
+        if beam is None or beam["sentences"] != len(sources):
+            log(f"  Keras beam search on {len(sources)} test sentences")
+            beam = translation_recipe.evaluate(self.shipped_recipe, "model", self.args.sentences)
+        figures = {"beam": beam, "greedy": self.greedy(self.shipped_dir, "keras_greedy.json")}
+        if self.student_recipe is not None:  # the student's baseline: its teacher, greedy too
+            figures["teacher_greedy"] = self.greedy(self.run_dir, "teacher_greedy.json")
+        return figures
+
+    def greedy(self, run_dir: Path, name: str) -> dict:
+        """Greedy translations of the test split by the model in ``run_dir`` (batch 1),
+        scored; kept in ``name`` (the ids too: every device mode's baseline)."""
         from keras_transformer_cli.device_modes import keras_greedy
         from keras_transformer_pipelines import translation_recipe
         from keras_transformer_pipelines.metrics import bleu, chrf
 
         sources, references = self.sentences()
-        # evaluate() writes evaluation.json (and hypotheses.txt) into the run folder.
-        beam_path, greedy_path = self.run_dir / "evaluation.json", self.output / "keras_greedy.json"
-        beam = json.loads(beam_path.read_text()) if self.current(beam_path) else None
-        if beam is None or beam["sentences"] != len(sources):
-            log(f"  Keras beam search on {len(sources)} test sentences")
-            beam = translation_recipe.evaluate(self.recipe, "model", self.args.sentences)
-        greedy = json.loads(greedy_path.read_text()) if self.current(greedy_path) else None
+        path = self.output / name
+        greedy = (
+            json.loads(path.read_text()) if self.current(path, run_dir / "model.keras") else None
+        )
         if greedy is None or len(greedy["ids"]) != len(sources):
-            log(f"  Keras greedy decoding, batch 1, on {len(sources)} test sentences")
-            model, tokenizer = translation_recipe.load_trained(self.run_dir, "model")
+            log(f"  Keras greedy decoding ({run_dir.name}), batch 1, {len(sources)} sentences")
+            model, tokenizer = translation_recipe.load_trained(run_dir, "model")
             result = keras_greedy(model, tokenizer, sources)
             greedy = {
                 "ids": result.ids,
@@ -223,8 +244,8 @@ class MainJob:
                 "bleu": round(bleu(result.texts, references), 2),
                 "chrf": round(chrf(result.texts, references), 2),
             }
-            files.write_json(greedy_path, greedy, indent=None)
-        return {"beam": beam, "greedy": {k: v for k, v in greedy.items() if k not in ("ids",)}}
+            files.write_json(path, greedy, indent=None)
+        return {key: value for key, value in greedy.items() if key != "ids"}
 
     def quantize_and_run(self) -> dict:
         """Stages 4 and 5 for the in-process figures: bundles, then each on the test split."""
@@ -239,7 +260,7 @@ class MainJob:
         greedy = json.loads((self.output / "keras_greedy.json").read_text())
         keras = GreedyResult(greedy["ids"], greedy["texts"], greedy["tokens_per_s"])
         modes = compare_modes(
-            self.run_dir,
+            self.shipped_dir,
             self.modes,
             bundles,
             sources,
@@ -284,13 +305,25 @@ class MainJob:
 
         plots = self.output / "plots"
         # The heatmaps, then the run's training curve (training_curve.png), all in plots/.
-        shown = visualize(self.recipe, ATTENTION_SENTENCE, plots, "model")
+        shown = visualize(self.shipped_recipe, ATTENTION_SENTENCE, plots, "model")
         return {
             "training_curve": shown["files"][-1],
             "attention": shown["files"][:-1],
             "attention_sentence": {"source": shown["source"], "translation": shown["translation"]},
             "modes": str(plot_modes(modes, plots / "modes.png")),
         }
+
+
+def trained_enough(summary: dict, recipe) -> bool:
+    """Whether a run has its steps, its whole time budget, or stopped early."""
+    training = recipe.training
+    if summary.get("steps", 0) >= training.train_steps:
+        return True
+    budget = training.time_budget_s
+    spent = summary.get("total_train_seconds", summary.get("train_seconds", 0))
+    if summary.get("stopped_by") == "early_stopping":
+        return True
+    return budget is not None and spent >= budget
 
 
 def _runtime(arguments: list[str], stdin: str = "") -> dict:
@@ -339,13 +372,24 @@ def main_job(args: argparse.Namespace) -> dict:
     minutes = f"{args.train_minutes:g} minutes" if args.train_minutes else "the recipe's steps"
     stage(2, "train", f"the translation model with fit, {minutes}")
     figures["training"] = job.train()
-    stage(3, "evaluate", "BLEU and chrF of the Keras model")
+    if job.student_recipe is None:
+        stage(3, "student", "none asked (--student ships a distilled student)")
+    else:
+        shape = job.student_recipe.model
+        stage(
+            3,
+            "student",
+            f"{shape.num_encoder_layers} encoder and {shape.num_decoder_layers} decoder layers, "
+            "distilled from the trained model",
+        )
+        figures["student"] = job.student()
+    stage(4, "evaluate", "BLEU and chrF of the Keras model")
     figures["keras"] = job.evaluate()
-    stage(4, "quantize", f"bundles: {', '.join(job.modes)}; then each on the device runtime")
+    stage(5, "quantize", f"bundles: {', '.join(job.modes)}; then each on the device runtime")
     figures["modes"] = job.quantize_and_run()
-    stage(5, "device", "the shipping bundle in a process without TensorFlow")
+    stage(6, "device", "the shipping bundle in a process without TensorFlow")
     figures["device"] = job.device(figures["modes"])
-    stage(6, "report", "plots and the report")
+    stage(7, "report", "plots and the report")
     figures["plots"] = job.plots(figures["modes"])
     figures["seconds"] = round(time.perf_counter() - began, 1)
     text = format_report(figures)
@@ -358,7 +402,7 @@ def main_job(args: argparse.Namespace) -> dict:
 
 def run(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the main job's command line; returns the exit code."""
-    args = _parser(prog).parse_args(argv)
+    args = parser(prog, __doc__.split("\n")[0]).parse_args(argv)
     try:
         main_job(args)
     except (ProjectError, OSError) as error:  # ours, or the system's; others: a bug

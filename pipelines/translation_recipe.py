@@ -42,11 +42,18 @@ from keras_transformer_pipelines.translation_data import translation_dataset
 logger = logging.getLogger(__name__)
 
 
+def corpus_paths(recipe: Recipe) -> dict[str, Path]:
+    """Where a recipe's gettext corpus (``data.corpus``) has its train/valid/test TSV files,
+    built or not."""
+    directory = Path(recipe.output_dir) / "data"
+    return {name: directory / f"{name}.tsv" for name in ("train", "valid", "test")}
+
+
 def split_paths(recipe: Recipe) -> dict[str, Path]:
     """The train/valid/test TSV files, building the gettext corpus first if asked."""
     data = recipe.data
     if data.corpus is not None:
-        directory = Path(recipe.output_dir) / "data"
+        directory = corpus_paths(recipe)["train"].parent
         if not (directory / "manifest.json").is_file():
             language = data.corpus.split(":", 1)[1]
             catalogs = gettext_corpus.find_catalogs(language)
@@ -54,7 +61,7 @@ def split_paths(recipe: Recipe) -> dict[str, Path]:
                 raise MissingInput(f"no gettext catalogs for '{language}' on this machine")
             splits = gettext_corpus.build_corpus(catalogs)
             gettext_corpus.write_corpus(splits, directory, catalogs, language)
-        return {name: directory / f"{name}.tsv" for name in ("train", "valid", "test")}
+        return corpus_paths(recipe)
     paths = {"train": data.train, "valid": data.valid, "test": data.test}
     return {name: Path(path) for name, path in paths.items() if path is not None}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -107,6 +108,13 @@ def _toy_recipe(directory: Path) -> Path:
     return path
 
 
+def _job_arguments(tmp_path: Path, output: Path, modes: str, parity: int, *extra: str) -> list:
+    """``run`` on the toy recipe for its 160 steps (no time budget), into ``output``."""
+    recipe = str(_toy_recipe(tmp_path))
+    return ["run", "--recipe", recipe, "--output", str(output), "--train-minutes", "0",
+            "--modes", modes, "--parity-examples", str(parity), *extra]  # fmt: skip
+
+
 def _kill_during(arguments: list[str], stage: str, delay: float, after: Path | None = None) -> str:
     """Run the job in a process of its own; SIGKILL it ``delay`` s into ``stage``, or as
     soon as ``after`` exists."""
@@ -134,19 +142,7 @@ def _kill_during(arguments: list[str], stage: str, delay: float, after: Path | N
 
 def test_main_job_killed_in_any_stage_finishes_then_reuses_what_it_built(tmp_path, capsys):
     output = tmp_path / "job"
-    arguments = [
-        "run",
-        "--recipe",
-        str(_toy_recipe(tmp_path)),
-        "--output",
-        str(output),
-        "--train-minutes",
-        "0",  # the recipe's 160 steps
-        "--modes",
-        "fp32,dynamic_int8",
-        "--parity-examples",
-        "32",
-    ]
+    arguments = _job_arguments(tmp_path, output, "fp32,dynamic_int8", 32)
     # Killed while training (after its first checkpoint), converting, and on the device.
     first_checkpoint = output / "run" / "checkpoints" / "step-00000080"
     _kill_during(arguments, "train", 0, after=first_checkpoint)
@@ -192,3 +188,40 @@ def test_main_job_killed_in_any_stage_finishes_then_reuses_what_it_built(tmp_pat
     printed = capsys.readouterr().out
     assert "fp32: converting" in printed and "reusing the trained model" in printed
     assert (output / "bundles" / "fp32" / "manifest.json").stat().st_mtime > bundle_time
+
+
+def test_main_job_ships_a_student_distilled_from_its_model(tmp_path, capsys):
+    output = tmp_path / "job"
+    # The teacher: 1 encoder and 2 decoder layers.
+    arguments = _job_arguments(tmp_path, output, "fp32", 16, "-o", "model.num_decoder_layers=2")
+    assert cli.run([*arguments, "--student", "6"]) == 1  # refused before anything is built
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "ENCODER,DECODER" in error and not output.exists()
+
+    assert cli.run([*arguments, "--student", "2,1"]) == 0
+    printed = capsys.readouterr().out
+    assert "[3/7] student: 2 encoder and 1 decoder layers" in printed
+    report = json.loads((output / "report.json").read_text())
+    student, keras = report["student"], report["keras"]
+    assert (student["encoder_layers"], student["decoder_layers"], student["steps"]) == (2, 1, 160)
+    assert student["parameters"] < report["training"]["parameters"]
+    # Trained on the teacher's outputs: the distillation loss fell (2.67 -> 0.73 measured)
+    # and the student learned (validation token accuracy 0.61; its teacher 0.80).
+    with (output / "student" / "history.csv").open() as history:
+        losses = [float(row["distillation_loss"]) for row in csv.DictReader(history)]
+    assert len(losses) == 2 and losses[-1] < 0.5 * losses[0], losses
+    summary = json.loads((output / "student" / "train_summary.json").read_text())
+    assert summary["final_val_masked_accuracy"] > 0.4, summary
+    # The report sets the student's greedy BLEU beside its teacher's.
+    assert keras["teacher_greedy"]["bleu"] > 10 and 0 <= keras["greedy"]["bleu"] <= 100, keras
+    shown = f"BLEU {keras['greedy']['bleu']:.2f} against the teacher's"
+    assert "- student (shipped): 2 encoder + 1 decoder layers" in printed and shown in printed
+    # The shipped bundle is the student's: one decoder layer's caches, not the teacher's two.
+    manifest = json.loads((output / "bundles" / "fp32" / "manifest.json").read_text())
+    decode = manifest["signatures"]["decode"]["inputs"]
+    assert "self_keys_0" in decode and "self_keys_1" not in decode
+    assert report["modes"]["fp32"]["top1_agreement"] == 1.0  # against the student's Keras
+
+    assert cli.run([*arguments, "--student", "2,1"]) == 0  # everything reused
+    printed = capsys.readouterr().out
+    assert printed.count("reusing the trained model") == 2 and "fp32: reusing" in printed
