@@ -8,10 +8,11 @@ pool for a sequence, and :meth:`ReservedModel.bind` binds a step signature to it
 
 - the fixed inputs (the source's encoding, the first cache) are written into the
   interpreter's own input tensors once;
-- each :meth:`BoundStep.step` writes only the token and the position and invokes; the
-  caller carries the cache in those same input tensors (:attr:`BoundStep.inputs`): a format-4
-  seq2seq step returns only the new cache entries, written in place (a few KB), an older
-  packed-cache step its whole cache, copied back inside the interpreter's memory;
+- each step writes only the token and the position into :attr:`BoundStep.inputs` and
+  invokes (:meth:`BoundStep.invoke`); the caller carries the cache in those same input
+  tensors: a format-4 seq2seq step returns only the new cache entries, written in place
+  (a few KB), an older packed-cache step its whole cache, copied back inside the
+  interpreter's memory;
 - outputs are views, read before the next step (the step drivers copy the logits row out).
 
 This is the zero-copy idea of LiteRT's ``CompiledModel`` with bound ``TensorBuffer``s, on the
@@ -81,7 +82,6 @@ class BoundStep:
     ) -> None:
         self.model, self.signature, self._call = model, signature, call
         self.inputs, self._outputs = views
-        self._fixed = set(fixed)
         self._write(fixed)
 
     def _write(self, inputs: dict[str, np.ndarray]) -> None:
@@ -97,17 +97,9 @@ class BoundStep:
                 )
             np.copyto(self.inputs[name], value)
 
-    def step(self, **changing: np.ndarray) -> dict[str, np.ndarray]:
-        """Write ``changing`` (every input not fixed) and invoke; the outputs as views, valid
-        until the next step."""
-        if changing.keys() | self._fixed != self.inputs.keys():
-            raise InputError(f"{self.signature}: step inputs {sorted(changing)} leave some unset")
-        self._write(changing)
-        return self.invoke()
-
     def invoke(self) -> dict[str, np.ndarray]:
-        """Invoke on the inputs as they are (a caller that wrote them into :attr:`inputs`
-        itself, unchecked); the outputs as views, valid until the next step."""
+        """Invoke on the inputs as they are (the caller writes the changing ones into
+        :attr:`inputs` itself, unchecked); the outputs as views, valid until the next step."""
         started = time.perf_counter()
         try:
             self._call.invoke()

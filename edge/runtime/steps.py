@@ -177,11 +177,15 @@ class _CarriedStep:
         self.state = {name: self.bound.inputs[name] for name in carried} if self.bound else carried
         if self.bound is not None:
             self._token, self._index = self.bound.inputs["token"], self.bound.inputs["index"]
-        self._targets = [
-            (self.state[layer_name(SELF_KEYS, layer)], self.state[layer_name(SELF_VALUES, layer)])
-            for layer in range(len(carried) // 2)
-            if "cache" not in carried
-        ]
+        # Format 4: per layer, the keys and values a step's new entries are written into.
+        self._targets = (
+            []
+            if "cache" in carried
+            else [
+                (self.state[layer_name(SELF_KEYS, n)], self.state[layer_name(SELF_VALUES, n)])
+                for n in range(len(carried) // 2)
+            ]
+        )
 
     def __call__(self, token: np.ndarray, index: int) -> np.ndarray:
         """Logits ``[rows, V]`` (a copy) after writing ``token`` ``[rows, 1]`` at ``index``."""
