@@ -73,7 +73,7 @@ setup(
         + TENSORFLOW
         + RUNTIME
         + ONNX
-        + ["jax>=0.4.30", "pytest>=8", "ruff>=0.6"]
+        + ["jax>=0.4.30", "pytest>=8", "pytest-xdist>=3.6", "ruff>=0.6"]
         # The device benchmarks' peer engine (benchmarks/peer_ctranslate2.py) and its test.
         + ["ctranslate2>=4.5,<5"]
         # The notebooks' test runs each one with nbclient in an ipykernel.

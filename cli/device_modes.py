@@ -50,16 +50,20 @@ def without_end(tokens: Sequence[int], end_id: int = END_ID) -> list[int]:
     return tokens[: tokens.index(end_id)] if end_id in tokens else tokens
 
 
-def keras_greedy(model, tokenizer, sources: Sequence[str]) -> GreedyResult:
-    """Keras greedy decoding at its best: KV cache, one compiled graph, batch 1."""
+def keras_greedy(model, tokenizer, sources: Sequence[str], progress: bool = False) -> GreedyResult:
+    """Keras greedy decoding at its best: KV cache, one compiled graph, batch 1;
+    ``progress``: a progress bar on stdout."""
     translator = translation_recipe.KerasTranslator(model, tokenizer, beam_size=1, batch_size=1)
     translator([sources[0]])  # trace the graph once, outside the timing
+    bar = translation_recipe.sentence_progress(len(sources)) if progress else None
     ids, generated, began = [], 0, time.perf_counter()
     for source in sources:
         row = translator.translate_ids(translator.ids([source]))[0]
         tokens = [int(t) for t in row if t != 0]
         generated += len(tokens)
         ids.append(tokens)
+        if bar is not None:
+            bar.add(1)
     seconds = time.perf_counter() - began
     texts = [translation_recipe.ids_to_text(tokenizer, without_end(t)) for t in ids]
     return GreedyResult(ids, texts, generated / seconds)

@@ -100,6 +100,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         return ExitCode.BAD_INPUT
     module_name = COMMANDS[command][0] or _translate_module(rest)
     try:
+        if module_name in NEEDS:  # TensorFlow's: imported first, its start-up notices filtered
+            import_module("keras_transformer_pipelines.tensorflow_logs").import_tensorflow()
         module = import_module(module_name)
     except ModuleNotFoundError as error:
         extra = NEEDS.get(module_name, "runtime")

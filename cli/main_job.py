@@ -215,7 +215,9 @@ class MainJob:
         beam = json.loads(beam_path.read_text()) if self.current(beam_path) else None
         if beam is None or beam["sentences"] != len(sources):
             log(f"  Keras beam search on {len(sources)} test sentences")
-            beam = translation_recipe.evaluate(self.shipped_recipe, "model", self.args.sentences)
+            beam = translation_recipe.evaluate(
+                self.shipped_recipe, "model", self.args.sentences, progress=True
+            )
         figures = {"beam": beam, "greedy": self.greedy(self.shipped_dir, "keras_greedy.json")}
         if self.student_recipe is not None:  # the student's baseline: its teacher, greedy too
             figures["teacher_greedy"] = self.greedy(self.run_dir, "teacher_greedy.json")
@@ -236,7 +238,7 @@ class MainJob:
         if greedy is None or len(greedy["ids"]) != len(sources):
             log(f"  Keras greedy decoding ({run_dir.name}), batch 1, {len(sources)} sentences")
             model, tokenizer = translation_recipe.load_trained(run_dir, "model")
-            result = keras_greedy(model, tokenizer, sources)
+            result = keras_greedy(model, tokenizer, sources, progress=True)
             greedy = {
                 "ids": result.ids,
                 "texts": result.texts,

@@ -220,20 +220,30 @@ class KerasTranslator:
         batch shape, so a batch of one row is the fastest way to time single sentences."""
         return self._decode(tf.constant(np.asarray(source_ids, np.int32))).numpy()
 
-    def __call__(self, texts: list[str]) -> list[str]:
+    def __call__(self, texts: list[str], progress: bool = False) -> list[str]:
+        """Translations of ``texts``; ``progress``: a progress bar on stdout, batch by batch."""
         if not texts:
             return []
         source = self.ids(texts)
         outputs = []
+        bar = sentence_progress(len(texts)) if progress else None
         for begin in range(0, len(texts), self.batch_size):
             chunk = source[begin : begin + self.batch_size]
             filled = np.pad(chunk, [(0, self.batch_size - len(chunk)), (0, 0)])
             tokens = self.translate_ids(filled)[: len(chunk)]
             outputs += [self._text(row) for row in tokens]
+            if bar is not None:
+                bar.add(len(chunk))
         return outputs
 
     def _text(self, row: np.ndarray) -> str:
         return ids_to_text(self.tokenizer, row)
+
+
+def sentence_progress(total: int) -> keras.utils.Progbar:
+    """Keras's progress bar over ``total`` sentences, for decoding that takes minutes. Drawn
+    at most every 5 s: piped to a file, each drawing is a line."""
+    return keras.utils.Progbar(total, unit_name="sentence", interval=5.0)
 
 
 def ids_to_text(tokenizer, ids) -> str:
@@ -259,15 +269,18 @@ def translator_for(recipe: Recipe, which: str = "best") -> KerasTranslator:
     )
 
 
-def evaluate(recipe: Recipe, which: str = "best", limit: int | None = None) -> dict:
-    """Translate the test split and score it with sacreBLEU (BLEU, chrF)."""
+def evaluate(
+    recipe: Recipe, which: str = "best", limit: int | None = None, progress: bool = False
+) -> dict:
+    """Translate the test split and score it with sacreBLEU (BLEU, chrF); ``progress``: a
+    progress bar on stdout."""
     from keras_transformer_pipelines.metrics import bleu, chrf
 
     output = Path(recipe.output_dir)
     translator = translator_for(recipe, which)
     pairs = read_pairs(split_paths(recipe)["test"], recipe.data.strict)[:limit]
     started = time.perf_counter()
-    hypotheses = translator([source for source, _ in pairs])
+    hypotheses = translator([source for source, _ in pairs], progress=progress)
     seconds = time.perf_counter() - started
     references = [target for _, target in pairs]
     result = {

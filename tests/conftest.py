@@ -27,6 +27,13 @@ def trained_reversal():
     return train_reversal(epochs=8, verbose=0)
 
 
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (pyproject's addopts): one worker per core, at most 4. A worker holds a
+    TensorFlow process (1-3 GB), and a test file runs whole on one worker (`--dist loadfile`),
+    so its module fixtures are built once."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def pytest_collection_modifyitems(config, items):
     """The arm64 tests last: .ci/run builds their root filesystem in the background meanwhile."""
     items.sort(key=lambda item: item.path.name == "test_edge_arm64.py")

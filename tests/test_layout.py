@@ -29,7 +29,15 @@ MAY_IMPORT = {
     "keras_transformer_cli": set(FOLDERS.values()),
 }
 # Edge uses pipelines through these modules only (pipelines/runs.py is the "finished run" API).
-PIPELINES_PUBLIC = {"config", "runs", "files", "decoding", "metrics", "tokenizers"}
+PIPELINES_PUBLIC = {
+    "config",
+    "runs",
+    "files",
+    "decoding",
+    "metrics",
+    "tokenizers",
+    "tensorflow_logs",
+}
 # The device runtime: the standard library, numpy, a TFLite runtime, the errors module.
 RUNTIME_THIRD_PARTY = {"numpy", "ai_edge_litert", "tflite_runtime", "flatbuffers"}
 PRIVATE_API = re.compile(r"\b(keras\.src|tensorflow\.python|tf_keras\.src)\b")

@@ -242,7 +242,7 @@ def test_a_run_stopped_by_its_budget_or_ctrl_c_continues(data, reference):
     # Run again with no budget, interrupted by Ctrl-C after step 7: a checkpoint at the step.
     recipe = _recipe(run, data)
     process = subprocess.Popen(
-        _command(recipe, "--report-steps"),
+        _command(recipe, "--report-steps", "7"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

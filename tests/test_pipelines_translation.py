@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from keras_transformer_pipelines import cli
+from keras_transformer_pipelines import cli, translation_recipe
 from keras_transformer_pipelines.config import ConfigError, load_recipe, parse_override
 from keras_transformer_pipelines.synthetic import word_translation_pairs, write_tsv
 from keras_transformer_pipelines.tokenizers import (
@@ -236,6 +236,11 @@ def test_cli_trains_evaluates_and_translates_a_toy_language(tmp_path, capsys):
     assert cli.run(["evaluate", str(recipe), "--model", "model"]) == 0
     scores = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert scores["bleu"] > 60 and scores["chrf"] > 70, scores
+    # The main job's evaluation shows a progress bar over the sentences, and scores the same.
+    shown = translation_recipe.evaluate(load_recipe(recipe), "model", limit=40, progress=True)
+    bar = capsys.readouterr().out
+    assert "40/40" in bar and "sentence" in bar, bar
+    assert shown["bleu"] == translation_recipe.evaluate(load_recipe(recipe), "model", 40)["bleu"]
 
     source = tmp_path / "in.txt"
     source.write_text("red cat open\nblue river\n")

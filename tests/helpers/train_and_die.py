@@ -1,14 +1,15 @@
 """Run the translation recipe, dying on request at a chosen instant.
 
     python tests/helpers/train_and_die.py RECIPE [--die-at-step N] [--die-in-save K:POINT]
-        [--report-steps]
+        [--report-steps N]
 
 - ``--die-at-step N``: SIGKILL this process after optimizer step N (from a callback, so the
   test knows which checkpoint the killed run had written: the last period boundary before N).
 - ``--die-in-save K:POINT``: SIGKILL inside the K-th checkpoint save: ``weights`` after the
   weights file is half written (the file truncated, as a kill during h5py's write leaves it),
   ``rename`` just before the finished checkpoint folder is renamed into place.
-- ``--report-steps``: print ``step N`` after every step (the test sends SIGINT on one).
+- ``--report-steps N``: print ``step K`` after every step, and wait at step N (up to 2 minutes)
+  for the test's SIGINT: a busy machine then cannot let training run past it unsignalled.
 
 The last stdout line is the training summary as JSON.
 """
@@ -17,6 +18,7 @@ import argparse
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import keras
@@ -41,8 +43,15 @@ class DieAtStep(keras.callbacks.Callback):
 
 
 class ReportSteps(keras.callbacks.Callback):
+    def __init__(self, wait_at: int):
+        super().__init__()
+        self.wait_at = wait_at
+
     def on_train_batch_end(self, batch, logs=None):
-        print(f"step {int(self.model.optimizer.iterations.numpy())}", flush=True)
+        step = int(self.model.optimizer.iterations.numpy())
+        print(f"step {step}", flush=True)
+        if step == self.wait_at:
+            time.sleep(120)  # a SIGINT raises KeyboardInterrupt here, inside fit
 
 
 def die_in_save(save: int, point: str) -> None:
@@ -76,7 +85,7 @@ if __name__ == "__main__":
     parser.add_argument("recipe")
     parser.add_argument("--die-at-step", type=int, default=0)
     parser.add_argument("--die-in-save", default=None)
-    parser.add_argument("--report-steps", action="store_true")
+    parser.add_argument("--report-steps", type=int, metavar="N")
     args = parser.parse_args()
     callbacks = []
     if args.die_at_step:
@@ -84,7 +93,7 @@ if __name__ == "__main__":
     if args.die_in_save:
         number, point = args.die_in_save.split(":")
         die_in_save(int(number), point)
-    if args.report_steps:
-        callbacks.append(ReportSteps())
+    if args.report_steps is not None:
+        callbacks.append(ReportSteps(args.report_steps))
     summary = train(load_recipe(args.recipe), callbacks)
     print(json.dumps(summary))
