@@ -7,6 +7,12 @@ process, alternating rounds after warm-up. The machine's float32 matmul throughp
 measured in the same run, so ``matmul_fraction`` says how close our training comes to it.
 
     python benchmarks/train_throughput.py [--rounds 5] [--steps 5] [--onednn on|off|default]
+        [--precision auto|float32|mixed_bfloat16|mixed_float16]
+
+``--precision`` is ours only (a recipe's ``training.precision``; ``auto``: bfloat16 where the
+CPU has AVX512-BF16 or AMX, else float32); the peer trains in float32, as its example does.
+When ours is not float32, a float32 copy of ours (the same initial weights and batches) trains
+beside it, and ``loss_vs_float32`` is ours' last loss over that copy's, minus 1.
 
 Steps are timed with ``train_on_batch`` on batches built beforehand (``fit`` adds seconds of
 per-call overhead that would drown the comparison). ``--onednn`` sets
@@ -38,6 +44,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_transformer.models import Seq2SeqTransformer  # noqa: E402
+from keras_transformer_pipelines import precision  # noqa: E402
 
 CONFIG = dict(
     vocab=8000,
@@ -137,12 +144,15 @@ def matmul_flops_per_second(size: int = 2048, repeats: int = 10) -> float:
     return 2.0 * size**3 / best
 
 
+LAST_LOSS: dict[int, float] = {}  # id(model) -> its latest training loss
+
+
 def timed_steps(model: keras.Model, batches: list, steps: int) -> float:
     """Seconds for ``steps`` training steps, cycling through prebuilt batches."""
     start = time.perf_counter()
     for index in range(steps):
         x, y = batches[index % len(batches)]
-        model.train_on_batch(x, y)
+        LAST_LOSS[id(model)] = model.train_on_batch(x, y)
     return time.perf_counter() - start
 
 
@@ -152,11 +162,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="training steps per round")
     parser.add_argument("--warmup-steps", type=int, default=3)
     parser.add_argument("--onednn", choices=["on", "off", "default"], default="default")
+    parser.add_argument("--precision", choices=precision.PRECISIONS, default="auto")
     args = parser.parse_args()
     c = CONFIG
     keras.utils.set_random_seed(0)
     batches = [batch for batch, _ in zip(dataset(c), range(8))]
-    models = {"ours": our_model(c), "peer": peer_model(c)}
+    policy = precision.resolve(args.precision)
+    precision.use(policy)  # layers take the global policy when they are built
+    models = {"ours": our_model(c)}
+    models["ours"](batches[0][0])
+    precision.use("float32")
+    models["peer"] = peer_model(c)
+    if policy != "float32":
+        models["ours_float32"] = our_model(c)
+        models["ours_float32"](batches[0][0])
+        models["ours_float32"].set_weights(models["ours"].get_weights())
     for model in models.values():
         model(batches[0][0])
         model.compile(
@@ -165,7 +185,7 @@ def main() -> None:
             jit_compile="auto",
         )
     params = {name: model.count_params() for name, model in models.items()}
-    if params["ours"] != params["peer"]:
+    if len(set(params.values())) != 1:
         raise SystemExit(f"parameter counts differ: {params}")
     for model in models.values():
         timed_steps(model, batches, args.warmup_steps)  # trace, compile, warm up
@@ -176,10 +196,7 @@ def main() -> None:
         for name, model in models.items():
             seconds = timed_steps(model, batches, args.steps)
             rates[name].append(tokens_per_step * args.steps / seconds)
-        print(
-            f"round: ours {rates['ours'][-1]:.0f} tok/s, peer {rates['peer'][-1]:.0f} tok/s",
-            flush=True,
-        )
+        print("round: " + ", ".join(f"{k} {v[-1]:.0f} tok/s" for k, v in rates.items()), flush=True)
     ours, peer = statistics.median(rates["ours"]), statistics.median(rates["peer"])
     matmul = matmul_flops_per_second()
     ours_flops = training_flops_per_step(c) * ours / tokens_per_step
@@ -189,6 +206,9 @@ def main() -> None:
                 "ours_tokens_per_s": round(ours, 1),
                 "peer_tokens_per_s": round(peer, 1),
                 "ratio": round(ours / peer, 3),
+                "ours_precision": policy,
+                "cpu_bf16": bool(precision.cpu_flags() & precision.BF16_FLAGS),
+                **_float32_comparison(models, rates),
                 "matmul_fraction": round(ours_flops / matmul, 3),
                 "ours_ms_per_step": round(1000 * tokens_per_step / ours, 1),
                 "peer_ms_per_step": round(1000 * tokens_per_step / peer, 1),
@@ -202,6 +222,20 @@ def main() -> None:
             }
         )
     )
+
+
+def _float32_comparison(models: dict, rates: dict) -> dict:
+    """Ours against its float32 copy: speed, and the last loss after the same steps."""
+    if "ours_float32" not in models:
+        return {}
+    ours, copy = models["ours"], models["ours_float32"]
+    return {
+        "ours_float32_tokens_per_s": round(statistics.median(rates["ours_float32"]), 1),
+        "speedup_vs_float32": round(
+            statistics.median(rates["ours"]) / statistics.median(rates["ours_float32"]), 3
+        ),
+        "loss_vs_float32": round(LAST_LOSS[id(ours)] / LAST_LOSS[id(copy)] - 1, 4),
+    }
 
 
 if __name__ == "__main__":

@@ -40,8 +40,8 @@ def format_report(figures: dict) -> str:
         f"- corpus: {corpus['source']}, {pairs.get('train', 0):,} train / "
         f"{pairs.get('valid', 0):,} valid / {pairs.get('test', 0):,} test pairs"
         + (f" from {corpus['catalogs']} catalogs" if corpus.get("catalogs") else ""),
-        f"- training: {training['parameters'] / 1e6:.1f}M parameters, {training['steps']:,} "
-        f"steps in {training['train_seconds']:.0f} s; validation loss "
+        f"- training: {training['parameters'] / 1e6:.1f}M parameters, {_trained_for(training)}"
+        "; validation loss "
         f"{training.get('final_val_loss', float('nan')):.3f}, next-token accuracy "
         f"{training.get('final_val_masked_accuracy', float('nan')):.3f}",
         *_student_lines(figures),
@@ -85,10 +85,20 @@ def _student_lines(figures: dict) -> list[str]:
         f"- student (shipped): {student['encoder_layers']} encoder + {student['decoder_layers']} "
         f"decoder layers, {student['parameters'] / 1e6:.1f}M parameters, distilled from the "
         f"model above (T {student['temperature']:g}, alpha {student['alpha']:g}), "
-        f"{student['steps']:,} steps in {student['train_seconds']:.0f} s; Keras greedy BLEU "
+        f"{_trained_for(student)}; Keras greedy BLEU "
         f"{ours['bleu']:.2f} against the teacher's {teacher['bleu']:.2f} ({change:+.2f}), "
         f"{ours['tokens_per_s']:.0f} against {teacher['tokens_per_s']:.0f} tokens/s",
     ]
+
+
+def _trained_for(summary: dict) -> str:
+    """Steps and minutes over every session of a run: a run continued with a larger
+    ``--train-minutes`` counts the earlier sessions too."""
+    total = summary.get("total_train_seconds", summary["train_seconds"])
+    text = f"{summary['steps']:,} steps in {total / 60:.1f} min of training"
+    if total - summary["train_seconds"] > 1.0:
+        text += f" (continued: {summary['train_seconds'] / 60:.1f} min in its last session)"
+    return text
 
 
 def _relative(path: str, figures: dict) -> str:

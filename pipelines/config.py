@@ -118,7 +118,7 @@ class TrainingConfig:
     weight_decay: float = 1e-4  # AdamW
     clipnorm: float | None = 1.0
     label_smoothing: float = 0.1
-    mixed_precision: bool = False
+    precision: str = "float32"  # or mixed_bfloat16, mixed_float16, auto (see precision.py)
     early_stopping_patience: int | None = None  # in checkpoints without a better val_loss
     time_budget_s: float | None = None  # stop after this much training time
     distribution: str = "default"  # "default", "mirrored" or "multi_worker" (TF_CONFIG)
@@ -167,6 +167,7 @@ _CHOICES = {
     ("tokenizer", "kind"): ("sentencepiece", "wordpiece"),
     ("training", "schedule"): ("inverse_sqrt", "cosine"),
     ("training", "distribution"): ("default", "mirrored", "multi_worker"),
+    ("training", "precision"): ("float32", "mixed_bfloat16", "mixed_float16", "auto"),
     ("model", "position_encoding"): ("learned", "sinusoidal", "rotary", "none"),
     ("model", "pooling"): ("mean", "max", "first"),
     ("decoding", "sampler"): ("greedy", "top_k"),

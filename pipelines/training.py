@@ -25,7 +25,7 @@ import keras
 import tensorflow as tf
 
 from keras_transformer.errors import MissingInput
-from keras_transformer_pipelines import files
+from keras_transformer_pipelines import files, precision
 from keras_transformer_pipelines.checkpoints import (
     RunCheckpoints,
     TrainingState,
@@ -61,7 +61,7 @@ class TimeBudget(keras.callbacks.Callback):
 
 
 def start_run(recipe: Recipe) -> tuple[tf.distribute.Strategy, Path]:
-    """The strategy and this process's output folder; seeds and precision set.
+    """The strategy and this process's output folder; seeds and the dtype policy set.
 
     Non-chief workers of a multi-worker run get a folder of their own, so they never write
     over the chief's files.
@@ -72,8 +72,8 @@ def start_run(recipe: Recipe) -> tuple[tf.distribute.Strategy, Path]:
     keras.utils.set_random_seed(training.seed)
     if training.deterministic:
         tf.config.experimental.enable_op_determinism()
-    if training.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    # The model is built next, under this policy; fit_recipe puts float32 back when it ends.
+    precision.use(precision.resolve(training.precision))
     output = Path(recipe.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     files.write_json(output / "recipe.json", recipe.to_dict())
@@ -124,9 +124,16 @@ def fit_recipe(
         callbacks: run after the recipe's own (the checkpoint is written before any of them
             sees the end of a period).
 
-    Returns a summary: steps, seconds (this session and in all), parameters, the last value of
-    each metric.
+    Returns a summary: steps, seconds (this session and in all), parameters, the precision it
+    trained in, the last value of each metric. The global dtype policy is float32 afterwards.
     """
+    try:
+        return _fit(recipe, strategy, workdir, model, train_input, valid_data, callbacks)
+    finally:
+        precision.use("float32")  # start_run's policy ends with the run
+
+
+def _fit(recipe, strategy, workdir, model, train_input, valid_data, callbacks) -> dict:
     training = recipe.training
     prepare_for_fit(model)
     files.remove_partials(workdir)  # e.g. a model.keras a kill interrupted
@@ -197,6 +204,7 @@ def fit_recipe(
         "total_train_seconds": round(checkpoints.state.train_seconds, 1),  # every session
         "stopped_by": stopped_by,
         "parameters": saved.count_params(),
+        "precision": saved.dtype_policy.name,
     }
     rows = read_rows(workdir / "history.csv")  # all sessions: the last period's metrics
     for key, value in (rows[-1] if rows else {}).items():
@@ -211,5 +219,14 @@ def load_model(output_dir: str | Path, which: str = "model") -> keras.Model:
     path = Path(output_dir) / f"{which}.keras"
     if not path.is_file():
         raise MissingInput(f"{path}: no trained model; run `train` first")
-    model = keras.saving.load_model(path, compile=False)
-    return getattr(model, "student", model)  # a distillation checkpoint holds its student
+    # Built under float32 whatever the run trained in (layers take the global policy), so
+    # that export, conversion and parity see the same model from every run.
+    policy = keras.mixed_precision.global_policy()
+    precision.use("float32")
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    finally:
+        precision.use(policy)
+    model = getattr(model, "student", model)  # a distillation checkpoint holds its student
+    model.dtype_policy = "float32"  # the model's own, as saved; its layers are float32 already
+    return model

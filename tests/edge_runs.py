@@ -29,7 +29,7 @@ LENGTH = 12  # source and target tokens of the toy translation model
 VOCABULARY = 400
 
 
-def toy_translation_run(directory: Path, steps: int = 120) -> Path:
+def toy_translation_run(directory: Path, steps: int = 120, precision: str = "float32") -> Path:
     """A translation run of the pipeline on the toy language (about 15 s); its folder."""
     directory.mkdir(parents=True, exist_ok=True)
     write_tsv(word_translation_pairs(1500, max_words=5, seed=0), directory / "train.tsv")
@@ -57,6 +57,7 @@ def toy_translation_run(directory: Path, steps: int = 120) -> Path:
                 "learning_rate": 0.005,
                 "warmup_steps": 30,
                 "label_smoothing": 0.0,
+                "precision": precision,
                 "verbose": 0,
             },
             "decoding": {"beam_size": 3, "length_penalty": 0.6},

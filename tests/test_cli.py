@@ -225,3 +225,15 @@ def test_main_job_ships_a_student_distilled_from_its_model(tmp_path, capsys):
     assert cli.run([*arguments, "--student", "2,1"]) == 0  # everything reused
     printed = capsys.readouterr().out
     assert printed.count("reusing the trained model") == 2 and "fp32: reusing" in printed
+
+
+def test_report_counts_the_steps_and_minutes_of_every_training_session():
+    from keras_transformer_cli.job_report import _trained_for
+
+    once = {"steps": 444, "train_seconds": 600.2, "total_train_seconds": 600.2}
+    assert _trained_for(once) == "444 steps in 10.0 min of training"
+    # A 10-minute run continued with --train-minutes 30: the earlier session counts too.
+    continued = {"steps": 1_390, "train_seconds": 1_200.0, "total_train_seconds": 1_800.4}
+    assert _trained_for(continued) == (
+        "1,390 steps in 30.0 min of training (continued: 20.0 min in its last session)"
+    )

@@ -276,7 +276,19 @@ def test_cli_trains_evaluates_and_translates_a_toy_language(tmp_path, capsys):
     assert student_scores["bleu"] > 40, student_scores
 
 
-def test_mixed_precision_recipe_trains_with_float16_compute_and_float32_weights(tmp_path):
+class _LogitsAtEnd(keras.callbacks.Callback):
+    """The trained model's logits on fixed inputs, computed in the policy it trained in."""
+
+    def __init__(self, inputs):
+        super().__init__()
+        self.inputs = inputs
+
+    def on_train_end(self, logs=None):
+        self.logits = keras.ops.convert_to_numpy(self.model(self.inputs, training=False))
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_trains_in_half_compute_and_loads_back_in_float32(tmp_path, policy):
     from keras_transformer_pipelines.config import recipe_from_dict
     from keras_transformer_pipelines.training import load_model
     from keras_transformer_pipelines.translation_recipe import train
@@ -292,16 +304,26 @@ def test_mixed_precision_recipe_trains_with_float16_compute_and_float32_weights(
                 "train_steps": 8,
                 "steps_per_checkpoint": 4,
                 "warmup_steps": 2,
-                "mixed_precision": True,
+                "precision": policy,
                 "verbose": 0,
             },
         }
     )
+    ids = np.random.default_rng(0).integers(4, 600, (2, 12)).astype("int32")
+    inputs = {"encoder_token_ids": ids, "decoder_token_ids": ids}
+    probe = _LogitsAtEnd(inputs)
     try:
-        summary = train(recipe)
+        summary = train(recipe, callbacks=[probe])
+        assert keras.mixed_precision.global_policy().name == "float32"  # put back after fit
         model = load_model(tmp_path / "run", "model")
-        assert model.dtype_policy.name == "mixed_float16"
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert summary["steps"] == 8 and np.isfinite(summary["final_loss"])
+    assert summary["precision"] == policy
     assert all(weight.dtype == "float32" for weight in model.weights)
+    # Loaded back, the same weights compute in float32 (export and parity see float32):
+    # close to the half-precision logits of training, but not equal to them.
+    assert model.dtype_policy.name == "float32"
+    logits = keras.ops.convert_to_numpy(model(inputs, training=False))
+    difference = np.abs(logits - probe.logits).max()
+    assert 0 < difference < 0.05 * np.abs(logits).max() + 0.05, difference
