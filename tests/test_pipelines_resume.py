@@ -67,6 +67,10 @@ def _environment() -> dict:
     return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
 
 
+def _sigint_as_in_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _command(recipe: Path, *options: str) -> list[str]:
     return [sys.executable, str(HELPER), str(recipe), *options]
 
@@ -247,6 +251,9 @@ def test_a_run_stopped_by_its_budget_or_ctrl_c_continues(data, reference):
         stderr=subprocess.PIPE,
         text=True,
         env=_environment(),
+        # As from a terminal: a suite started in the background (nohup ... &) ignores SIGINT,
+        # and a child would inherit that, and Python then raises no KeyboardInterrupt.
+        preexec_fn=_sigint_as_in_a_terminal,
     )
     for line in process.stdout:
         if line.strip() == "step 7":
