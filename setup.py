@@ -74,7 +74,7 @@ setup(
         + RUNTIME
         + ONNX
         + ["jax>=0.4.30", "pytest>=8", "pytest-xdist>=3.6", "ruff>=0.6"]
-        # The device benchmarks' peer engine (benchmarks/peer_ctranslate2.py) and its test.
+        # The device benchmarks' peer engine (benchmarks/helpers/peer_ctranslate2.py) and its test.
         + ["ctranslate2>=4.5,<5"]
         # The notebooks' test runs each one with nbclient in an ipykernel.
         + ["nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],

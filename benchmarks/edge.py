@@ -55,8 +55,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-import peer_ctranslate2  # noqa: E402  (benchmarks/, beside this script)
 import tensorflow as tf  # noqa: E402
+from helpers import peer_ctranslate2  # noqa: E402  (benchmarks/helpers/, beside this script)
 
 from keras_transformer_cli.device_modes import compare_modes, keras_greedy  # noqa: E402
 from keras_transformer_edge.bundle import bundle_from_run  # noqa: E402

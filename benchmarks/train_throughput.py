@@ -144,16 +144,14 @@ def matmul_flops_per_second(size: int = 2048, repeats: int = 10) -> float:
     return 2.0 * size**3 / best
 
 
-LAST_LOSS: dict[int, float] = {}  # id(model) -> its latest training loss
-
-
-def timed_steps(model: keras.Model, batches: list, steps: int) -> float:
-    """Seconds for ``steps`` training steps, cycling through prebuilt batches."""
+def timed_steps(model: keras.Model, batches: list, steps: int) -> tuple[float, float]:
+    """Seconds for ``steps`` training steps, cycling through prebuilt batches, and the loss of
+    the last step."""
     start = time.perf_counter()
     for index in range(steps):
         x, y = batches[index % len(batches)]
-        LAST_LOSS[id(model)] = model.train_on_batch(x, y)
-    return time.perf_counter() - start
+        loss = model.train_on_batch(x, y)
+    return time.perf_counter() - start, float(loss)
 
 
 def main() -> None:
@@ -192,9 +190,10 @@ def main() -> None:
 
     tokens_per_step = c["batch"] * 2 * c["length"]
     rates: dict[str, list[float]] = {name: [] for name in models}
+    losses: dict[str, float] = {}  # each model's last loss, after the same steps
     for _ in range(args.rounds):
         for name, model in models.items():
-            seconds = timed_steps(model, batches, args.steps)
+            seconds, losses[name] = timed_steps(model, batches, args.steps)
             rates[name].append(tokens_per_step * args.steps / seconds)
         print("round: " + ", ".join(f"{k} {v[-1]:.0f} tok/s" for k, v in rates.items()), flush=True)
     ours, peer = statistics.median(rates["ours"]), statistics.median(rates["peer"])
@@ -208,7 +207,7 @@ def main() -> None:
                 "ratio": round(ours / peer, 3),
                 "ours_precision": policy,
                 "cpu_bf16": bool(precision.cpu_flags() & precision.BF16_FLAGS),
-                **_float32_comparison(models, rates),
+                **_float32_comparison(rates, losses),
                 "matmul_fraction": round(ours_flops / matmul, 3),
                 "ours_ms_per_step": round(1000 * tokens_per_step / ours, 1),
                 "peer_ms_per_step": round(1000 * tokens_per_step / peer, 1),
@@ -224,17 +223,16 @@ def main() -> None:
     )
 
 
-def _float32_comparison(models: dict, rates: dict) -> dict:
+def _float32_comparison(rates: dict, losses: dict) -> dict:
     """Ours against its float32 copy: speed, and the last loss after the same steps."""
-    if "ours_float32" not in models:
+    if "ours_float32" not in rates:
         return {}
-    ours, copy = models["ours"], models["ours_float32"]
     return {
         "ours_float32_tokens_per_s": round(statistics.median(rates["ours_float32"]), 1),
         "speedup_vs_float32": round(
             statistics.median(rates["ours"]) / statistics.median(rates["ours_float32"]), 3
         ),
-        "loss_vs_float32": round(LAST_LOSS[id(ours)] / LAST_LOSS[id(copy)] - 1, 4),
+        "loss_vs_float32": round(losses["ours"] / losses["ours_float32"] - 1, 4),
     }
 
 

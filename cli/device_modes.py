@@ -15,6 +15,8 @@ training batches, then full int8 (:func:`qat_bundle_from_run`).
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_transformer.errors import InputProblem
+from keras_transformer_cli.job_options import JobError
 from keras_transformer_edge.bundle import bundle_from_run, qat_bundle_from_run
 from keras_transformer_edge.modes import MODES
 from keras_transformer_edge.parity import ParityError
@@ -181,3 +184,26 @@ def compare_modes(
                     entry["size_bytes"] / results["fp32"]["size_bytes"], 4
                 )
     return results
+
+
+def runtime_process(arguments: list[str], stdin: str = "") -> dict:
+    """``python -m keras_transformer_edge.runtime ARGUMENTS`` in a fresh process; its stdout
+    and whether TensorFlow got imported there (it must not)."""
+    code = (
+        "import sys\n"
+        "from keras_transformer_edge.runtime.cli import run\n"
+        "code = run(sys.argv[1:])\n"
+        "print('tensorflow' in sys.modules or 'keras' in sys.modules, file=sys.stderr)\n"
+        "sys.exit(code)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, *arguments],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode:
+        last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise JobError(f"the device runtime failed on {arguments[0]}: {last}")
+    return {"stdout": done.stdout, "tensorflow_imported": done.stderr.strip().endswith("True")}

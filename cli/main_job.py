@@ -32,8 +32,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -279,6 +277,7 @@ class MainJob:
 
     def device(self, modes: dict) -> dict:
         """The shipping bundle in a process of its own, as on the device: no TensorFlow."""
+        from keras_transformer_cli.device_modes import runtime_process
         from keras_transformer_edge.modes import shipping_mode
 
         shipped = shipping_mode(modes)
@@ -288,8 +287,9 @@ class MainJob:
         from keras_transformer_edge.runtime.bundle import load_bundle
 
         threads = ["--threads", str(self.args.threads)]
-        translated = _runtime(["translate", str(bundle), *threads], "\n".join(EXAMPLES) + "\n")
-        bench = _runtime(["bench", str(bundle), "--runs", "20", *threads])
+        examples = "\n".join(EXAMPLES) + "\n"
+        translated = runtime_process(["translate", str(bundle), *threads], examples)
+        bench = runtime_process(["bench", str(bundle), "--runs", "20", *threads])
         result = {
             "mode": shipped,
             "bundle": str(bundle),
@@ -326,29 +326,6 @@ def trained_enough(summary: dict, recipe) -> bool:
     if summary.get("stopped_by") == "early_stopping":
         return True
     return budget is not None and spent >= budget
-
-
-def _runtime(arguments: list[str], stdin: str = "") -> dict:
-    """``python -m keras_transformer_edge.runtime ARGUMENTS`` in a fresh process; its stdout
-    and whether TensorFlow got imported there (it must not)."""
-    code = (
-        "import sys\n"
-        "from keras_transformer_edge.runtime.cli import run\n"
-        "code = run(sys.argv[1:])\n"
-        "print('tensorflow' in sys.modules or 'keras' in sys.modules, file=sys.stderr)\n"
-        "sys.exit(code)\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code, *arguments],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode:
-        last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
-        raise JobError(f"the device runtime failed on {arguments[0]}: {last}")
-    return {"stdout": done.stdout, "tensorflow_imported": done.stderr.strip().endswith("True")}
 
 
 def main_job(args: argparse.Namespace) -> dict:

@@ -29,6 +29,7 @@ from pathlib import Path
 import yaml
 
 from keras_transformer.errors import InputProblem
+from keras_transformer_pipelines.precision import PRECISIONS
 
 
 class ConfigError(InputProblem):
@@ -167,7 +168,7 @@ _CHOICES = {
     ("tokenizer", "kind"): ("sentencepiece", "wordpiece"),
     ("training", "schedule"): ("inverse_sqrt", "cosine"),
     ("training", "distribution"): ("default", "mirrored", "multi_worker"),
-    ("training", "precision"): ("float32", "mixed_bfloat16", "mixed_float16", "auto"),
+    ("training", "precision"): PRECISIONS,
     ("model", "position_encoding"): ("learned", "sinusoidal", "rotary", "none"),
     ("model", "pooling"): ("mean", "max", "first"),
     ("decoding", "sampler"): ("greedy", "top_k"),

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import keras
-
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
 # /proc/cpuinfo flags of bfloat16 arithmetic: AVX512-BF16 (Cooper Lake, Zen 4 and later) and
 # AMX (Sapphire Rapids and later).
@@ -53,4 +51,6 @@ def resolve(precision: str, flags: set[str] | None = None) -> str:
 
 def use(policy: str) -> None:
     """Make ``policy`` the global dtype policy, under which new layers are built."""
+    import keras  # here: config imports PRECISIONS, and needs no Keras for it
+
     keras.mixed_precision.set_global_policy(policy)

@@ -11,7 +11,7 @@ import pytest
 from keras_transformer.models import Seq2SeqTransformer
 
 pytest.importorskip("ctranslate2")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks" / "helpers"))
 import peer_ctranslate2  # noqa: E402
 
 SPECIAL = {"start": 2, "end": 3, "unknown": 1}
