@@ -270,15 +270,23 @@ def translator_for(recipe: Recipe, which: str = "best") -> KerasTranslator:
 
 
 def evaluate(
-    recipe: Recipe, which: str = "best", limit: int | None = None, progress: bool = False
+    recipe: Recipe,
+    which: str = "best",
+    limit: int | None = None,
+    progress: bool = False,
+    split: str = "test",
 ) -> dict:
-    """Translate the test split and score it with sacreBLEU (BLEU, chrF); ``progress``: a
-    progress bar on stdout."""
+    """Translate a split (``test``, or ``valid`` while tuning) and score it with sacreBLEU
+    (BLEU, chrF); ``progress``: a progress bar on stdout. Writes ``hypotheses.txt`` and
+    ``evaluation.json`` for the test split only."""
     from keras_transformer_pipelines.metrics import bleu, chrf
 
+    paths = split_paths(recipe)
+    if split not in ("test", "valid") or split not in paths:
+        raise ValueError(f"no '{split}' split to evaluate (the recipe has: {', '.join(paths)})")
     output = Path(recipe.output_dir)
     translator = translator_for(recipe, which)
-    pairs = read_pairs(split_paths(recipe)["test"], recipe.data.strict)[:limit]
+    pairs = read_pairs(paths[split], recipe.data.strict)[:limit]
     started = time.perf_counter()
     hypotheses = translator([source for source, _ in pairs], progress=progress)
     seconds = time.perf_counter() - started
@@ -290,9 +298,11 @@ def evaluate(
         "decode_seconds": round(seconds, 1),
         "beam_size": recipe.decoding.beam_size,
         "model": which,
+        "split": split,
     }
-    files.write_text(output / "hypotheses.txt", "".join(h + "\n" for h in hypotheses))
-    files.write_json(output / "evaluation.json", result)
+    if split == "test":
+        files.write_text(output / "hypotheses.txt", "".join(h + "\n" for h in hypotheses))
+        files.write_json(output / "evaluation.json", result)
     return result
 
 

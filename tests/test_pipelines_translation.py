@@ -241,6 +241,13 @@ def test_cli_trains_evaluates_and_translates_a_toy_language(tmp_path, capsys):
     bar = capsys.readouterr().out
     assert "40/40" in bar and "sentence" in bar, bar
     assert shown["bleu"] == translation_recipe.evaluate(load_recipe(recipe), "model", 40)["bleu"]
+    # Tuning scores the validation split and leaves the test split's evaluation.json alone.
+    written = (tmp_path / "run" / "evaluation.json").read_text()
+    valid = translation_recipe.evaluate(load_recipe(recipe), "model", 40, split="valid")
+    assert valid["split"] == "valid" and valid["bleu"] > 60, valid
+    assert (tmp_path / "run" / "evaluation.json").read_text() == written
+    with pytest.raises(ValueError, match="no 'train' split to evaluate"):
+        translation_recipe.evaluate(load_recipe(recipe), "model", split="train")
 
     source = tmp_path / "in.txt"
     source.write_text("red cat open\nblue river\n")

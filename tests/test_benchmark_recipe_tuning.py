@@ -1,0 +1,41 @@
+"""benchmarks/recipe_tuning.py: every trial is a valid change of the en-fr recipe, and a trial
+name that does not exist is refused before anything trains."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from keras_transformer_pipelines.config import load_recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import recipe_tuning  # noqa: E402
+
+
+@pytest.mark.parametrize("name", sorted(recipe_tuning.TRIALS))
+def test_each_trial_changes_the_recipe_it_names(name):
+    base = load_recipe(ROOT / "recipes" / "en-fr.yaml")
+    overrides = recipe_tuning.TRIALS[name]
+    changed = load_recipe(ROOT / "recipes" / "en-fr.yaml", overrides)
+    for key, value in overrides.items():
+        section, field = key.split(".")
+        assert getattr(getattr(changed, section), field) == value
+        assert getattr(getattr(base, section), field) != value, f"{key} is already {value}"
+
+
+def test_unknown_trial_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        recipe_tuning.main(["--trials", "baseline,bigger_is_better"])
+    assert "unknown trial(s) bigger_is_better" in capsys.readouterr().err
+
+
+def test_the_ten_minute_recipe_is_the_best_trial():
+    """recipes/en-fr-10min.yaml is en-fr.yaml with the winning trial's changes (and a budget)."""
+    tuned = load_recipe(ROOT / "recipes" / "en-fr-10min.yaml")
+    trial = load_recipe(ROOT / "recipes" / "en-fr.yaml", recipe_tuning.TRIALS["narrow_half_batch"])
+    for section in ("data", "tokenizer", "model", "decoding"):
+        assert getattr(tuned, section) == getattr(trial, section), section
+    for field in ("schedule", "learning_rate", "warmup_steps", "label_smoothing", "clipnorm"):
+        assert getattr(tuned.training, field) == getattr(trial.training, field), field
+    assert tuned.training.time_budget_s == 600
