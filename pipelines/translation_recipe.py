@@ -281,11 +281,13 @@ def evaluate(
     ``evaluation.json`` for the test split only."""
     from keras_transformer_pipelines.metrics import bleu, chrf
 
-    paths = split_paths(recipe)
-    if split not in ("test", "valid") or split not in paths:
-        raise ValueError(f"no '{split}' split to evaluate (the recipe has: {', '.join(paths)})")
+    if split not in ("test", "valid"):
+        raise ValueError(f"split must be 'test' or 'valid', not '{split}'")
     output = Path(recipe.output_dir)
-    translator = translator_for(recipe, which)
+    translator = translator_for(recipe, which)  # first: "no trained model" says the most
+    paths = split_paths(recipe)
+    if split not in paths:
+        raise MissingInput(f"the recipe has no {split} split to evaluate (data.{split})")
     pairs = read_pairs(paths[split], recipe.data.strict)[:limit]
     started = time.perf_counter()
     hypotheses = translator([source for source, _ in pairs], progress=progress)

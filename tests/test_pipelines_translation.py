@@ -246,7 +246,7 @@ def test_cli_trains_evaluates_and_translates_a_toy_language(tmp_path, capsys):
     valid = translation_recipe.evaluate(load_recipe(recipe), "model", 40, split="valid")
     assert valid["split"] == "valid" and valid["bleu"] > 60, valid
     assert (tmp_path / "run" / "evaluation.json").read_text() == written
-    with pytest.raises(ValueError, match="no 'train' split to evaluate"):
+    with pytest.raises(ValueError, match="split must be 'test' or 'valid', not 'train'"):
         translation_recipe.evaluate(load_recipe(recipe), "model", split="train")
 
     source = tmp_path / "in.txt"
