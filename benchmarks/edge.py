@@ -45,7 +45,6 @@ finished main-job folder (``runs/main``) as well as a training run.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import tempfile
@@ -55,15 +54,12 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from helpers import peer_ctranslate2  # noqa: E402  (benchmarks/helpers/, beside this script)
+from helpers import cached_decoding, peer_ctranslate2  # noqa: E402  (benchmarks/helpers/)
 
 from keras_transformer_cli.device_modes import compare_modes, keras_greedy  # noqa: E402
 from keras_transformer_edge.bundle import bundle_from_run  # noqa: E402
-from keras_transformer_edge.convert import convert, seq2seq_endpoints  # noqa: E402
 from keras_transformer_edge.modes import SHIP_PREFERENCE, shipping_mode  # noqa: E402
 from keras_transformer_edge.runtime.interpreter import LiteModel  # noqa: E402
-from keras_transformer_edge.runtime.steps import Seq2SeqSteps  # noqa: E402
 from keras_transformer_edge.runtime.translator import Translator  # noqa: E402
 from keras_transformer_pipelines import translation_recipe  # noqa: E402
 from keras_transformer_pipelines.config import load_recipe  # noqa: E402
@@ -71,7 +67,7 @@ from keras_transformer_pipelines.metrics import bleu  # noqa: E402
 from keras_transformer_pipelines.runs import run_recipe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-NEW_TOKENS = 64
+NEW_TOKENS = cached_decoding.NEW_TOKENS  # defined once, with the timed decoding
 
 
 def trained_run(run: Path, train_seconds: float) -> Path:
@@ -92,118 +88,6 @@ def held_out(run: Path, count: int) -> list[tuple[str, str]]:
     recipe = run_recipe(run)
     pairs = translation_recipe.read_pairs(translation_recipe.split_paths(recipe)["test"], False)
     return pairs[:count]
-
-
-def recompute_endpoints(model):
-    """``encode`` and ``decode_all``: the whole decoder on a fixed-length prefix, no cache."""
-    endpoints = seq2seq_endpoints(model)
-    length = model.decoder_sequence_length
-    encoder_output, _ = model.encode(tf.zeros((1, model.encoder_sequence_length), tf.int32))
-    cross = tf.TensorSpec(model.cross_attention_cache(encoder_output).shape, tf.float32)
-
-    def decode_all(decoder_ids, cross_attention_cache, source_mask):
-        x = model.decoder_embedding(decoder_ids)
-        x = model.decoder(
-            x,
-            decoder_padding_mask=tf.not_equal(decoder_ids, 0),
-            encoder_padding_mask=source_mask,
-            cross_attention_cache=cross_attention_cache,
-        )
-        return {"logits": model.output_head(x)}
-
-    return {
-        "encode": endpoints["encode"],
-        "decode_all": (
-            decode_all,
-            [
-                tf.TensorSpec((1, length), tf.int32),
-                cross,
-                tf.TensorSpec((1, model.encoder_sequence_length), tf.bool),
-            ],
-        ),
-    }
-
-
-def _greedy_cached(model: LiteModel, source_ids: np.ndarray, start_id: int) -> list[int]:
-    """``NEW_TOKENS`` greedy tokens, one cached ``decode`` step each (end token ignored),
-    through the runtime's own step driver on a reserved interpreter, as ``Translator`` runs."""
-    with model.reserved() as reserved:
-        steps, token, tokens = Seq2SeqSteps(reserved, source_ids), start_id, []
-        for index in range(NEW_TOKENS):
-            token = int(steps.feed(np.array([token], np.int32), index)[0].argmax())
-            tokens.append(token)
-    return tokens
-
-
-def _greedy_recompute(
-    model: LiteModel, source_ids: np.ndarray, length: int, start_id: int
-) -> list[int]:
-    """The same tokens, re-running the whole decoder on the prefix for each of them."""
-    encoded = model.run("encode", source_ids=source_ids)
-    prefix, tokens = np.zeros((1, length), np.int32), []
-    prefix[0, 0] = start_id
-    for index in range(NEW_TOKENS):
-        logits = model.run("decode_all", decoder_ids=prefix, **encoded)["logits"]
-        tokens.append(int(logits[0, index].argmax()))
-        if index + 1 < length:
-            prefix[0, index + 1] = tokens[-1]
-    return tokens
-
-
-def _tokens_per_s(run) -> tuple[float, list[int]]:
-    run()  # warm-up
-    began = time.perf_counter()
-    tokens = [run() for _ in range(3)][-1]
-    return 3 * NEW_TOKENS / (time.perf_counter() - began), tokens
-
-
-def cached_vs_recompute(
-    model, cached_bundle: Path, mode: str, source_ids: np.ndarray, start_id: int
-) -> dict:
-    """Tokens/s for ``NEW_TOKENS`` greedy tokens: cached steps vs the re-run decoder, both
-    converted in ``mode``, each with its faster thread count (1 or 2: one-token steps lose to
-    thread handoffs, the 64-token decoder gains from a second core)."""
-    length = model.decoder_sequence_length
-    best = {"cached": (0.0, 0), "recompute": (0.0, 0)}
-    tokens = {}
-    with tempfile.NamedTemporaryFile(suffix=".tflite") as file:
-        file.write(convert(model, recompute_endpoints(model), mode))
-        file.flush()
-        for threads in (1, 2):
-            cached = LiteModel(cached_bundle / "model.tflite", threads)
-            recompute = LiteModel(file.name, threads)
-            for name, run in (
-                ("cached", functools.partial(_greedy_cached, cached, source_ids, start_id)),
-                (
-                    "recompute",
-                    functools.partial(_greedy_recompute, recompute, source_ids, length, start_id),
-                ),
-            ):
-                speed, tokens[name] = _tokens_per_s(run)
-                best[name] = max(best[name], (speed, threads))
-    same = float(np.mean(np.equal(tokens["cached"], tokens["recompute"])))
-    return {
-        "cached_tokens_per_s": round(best["cached"][0], 1),
-        "cached_threads": best["cached"][1],
-        "recompute_tokens_per_s": round(best["recompute"][0], 1),
-        "recompute_threads": best["recompute"][1],
-        "ratio": round(best["cached"][0] / best["recompute"][0], 2),
-        "same_tokens": same,
-    }
-
-
-def _padded(ids: list[int], length: int) -> np.ndarray:
-    padded = np.zeros((1, length), np.int32)
-    padded[0, : len(ids)] = ids
-    return padded
-
-
-def _first_token(model: LiteModel, source_ids: np.ndarray, start_id: int) -> float:
-    """Seconds from source ids to the first token's logits: encode and one decode step."""
-    began = time.perf_counter()
-    with model.reserved() as reserved:
-        Seq2SeqSteps(reserved, source_ids).feed(np.array([start_id], np.int32), 0)
-    return time.perf_counter() - began
 
 
 def versus_ctranslate2(
@@ -228,17 +112,19 @@ def versus_ctranslate2(
         engine = peer_ctranslate2.translator(
             peer_ctranslate2.build(model, Path(scratch) / "ct2", special, "int8"), "int8", threads
         )
-        padded = [_padded(source, model.encoder_sequence_length) for source in ids]
+        padded = [cached_decoding.padded(source, model.encoder_sequence_length) for source in ids]
         ours, peer, ours_first, peer_first, agree = [], [], [], [], []
         for round_index in range(rounds + 1):  # round 0 warms both up
             ours_round = peer_round = 0.0
             for source, source_padded in zip(ids, padded, strict=True):
                 began = time.perf_counter()
-                our_tokens = _greedy_cached(lite, source_padded, translator.start_id)
+                our_tokens = cached_decoding.greedy_cached(lite, source_padded, translator.start_id)
                 ours_round += time.perf_counter() - began
                 seconds, peer_tokens = peer_ctranslate2.forced(engine, source, NEW_TOKENS)
                 peer_round += seconds
-                ours_first.append(_first_token(lite, source_padded, translator.start_id))
+                ours_first.append(
+                    cached_decoding.first_token(lite, source_padded, translator.start_id)
+                )
                 peer_first.append(peer_ctranslate2.forced(engine, source, 1)[0])
                 if round_index == 0:
                     ended = [i for i, token in enumerate(our_tokens) if token == translator.end_id]
@@ -374,12 +260,13 @@ def main() -> None:
     first = next(iter(bundles))
     translator = Translator.from_bundle(bundles[first])  # the manifest's special ids
     source_ids = translator.source_ids(sources[0])
-    padded = np.zeros((1, model.encoder_sequence_length), np.int32)
-    padded[0, : len(source_ids)] = source_ids
+    padded = cached_decoding.padded(list(source_ids), model.encoder_sequence_length)
     # Both speed ratios for the float model and for the int8 model one ships (when built).
     speed_modes = [mode for mode in ("fp32", "dynamic_int8") if mode in bundles] or [first]
     recompute = {
-        mode: cached_vs_recompute(model, bundles[mode], mode, padded, translator.start_id)
+        mode: cached_decoding.cached_vs_recompute(
+            model, bundles[mode], mode, padded, translator.start_id
+        )
         for mode in speed_modes
     }
     versus_keras = {
