@@ -4,6 +4,10 @@ never read, so tuning cannot fit it; docs/recipe-tuning.md records what each var
 
     python benchmarks/recipe_tuning.py [--budget-s 600] [--trials baseline,short_warmup]
                                        [--work-dir runs/tuning]
+    python benchmarks/recipe_tuning.py --steps baseline=1410,narrow_half_batch=5000 ...
+
+``--steps`` budgets optimizer steps instead of seconds (no time limit): a machine-independent
+way to ask what another machine's ten minutes would give, from the steps it takes in them.
 
 Each finished trial keeps its result in WORK_DIR/NAME/tuning.json; a run stopped part-way goes
 on where it stopped, as a trial's budget counts all its sessions (``--redo`` starts every
@@ -46,14 +50,43 @@ TRIALS: dict[str, dict] = {
 }
 
 
-def run_trial(name: str, budget_s: float, work_dir: Path, recipe_path: Path) -> dict:
+def step_budgets(text: str, names: list[str]) -> dict[str, int]:
+    """``"5000"`` (every trial) or ``"baseline=1410,narrow=5000"`` -> steps per trial name."""
+    if "=" not in text:
+        return {name: positive_steps(text) for name in names}
+    budgets = {}
+    for item in text.split(","):
+        name, _, steps = item.partition("=")
+        if name.strip() not in names:
+            raise ValueError(f"--steps names {name.strip()!r}, which is not among the trials run")
+        budgets[name.strip()] = positive_steps(steps)
+    missing = sorted(set(names) - set(budgets))
+    if missing:
+        raise ValueError(f"--steps gives no step count for {', '.join(missing)}")
+    return budgets
+
+
+def positive_steps(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ValueError(f"--steps needs a whole number of steps >= 1, got {text.strip()!r}")
+    return int(text)
+
+
+def run_trial(
+    name: str, budget_s: float, work_dir: Path, recipe_path: Path, steps: int | None = None
+) -> dict:
+    """Train trial ``name`` for ``budget_s`` seconds, or exactly ``steps`` optimizer steps with
+    no time limit, and score it on the validation split."""
     overrides = TRIALS[name]
+    budget = {"training.time_budget_s": budget_s}
+    if steps is not None:
+        budget = {"training.time_budget_s": None, "training.train_steps": steps}
     recipe = load_recipe(
         recipe_path,
         {
             **overrides,
             "output_dir": str(work_dir / name),
-            "training.time_budget_s": budget_s,
+            **budget,
             "training.steps_per_checkpoint": 500,  # validation loss is inside the budget
             "training.verbose": 2,
             "decoding.beam_size": 1,
@@ -63,6 +96,7 @@ def run_trial(name: str, budget_s: float, work_dir: Path, recipe_path: Path) -> 
     scores = translation_recipe.evaluate(recipe, "model", split="valid")
     return {
         "overrides": overrides,
+        "step_budget": steps,
         "steps": summary["steps"],
         "train_seconds": summary["total_train_seconds"],
         "stopped_by": summary["stopped_by"],
@@ -77,15 +111,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trials", default=",".join(TRIALS), help="comma-separated names")
     parser.add_argument("--work-dir", default=str(ROOT / "runs" / "tuning"))
     parser.add_argument("--recipe", default=str(ROOT / "recipes" / "en-fr.yaml"))
+    parser.add_argument(
+        "--steps", help="a step budget instead of --budget-s: N, or NAME=N for each trial"
+    )
     parser.add_argument("--redo", action="store_true", help="start every trial afresh")
     args = parser.parse_args(argv)
     names = [name.strip() for name in args.trials.split(",") if name.strip()]
     unknown = sorted(set(names) - set(TRIALS))
     if unknown:
         parser.error(f"unknown trial(s) {', '.join(unknown)} (known: {', '.join(TRIALS)})")
+    try:
+        steps = step_budgets(args.steps, names) if args.steps else {}
+    except ValueError as error:
+        parser.error(str(error))
     work_dir = Path(args.work_dir).resolve()
 
-    report: dict = {"budget_s": args.budget_s, "split": "valid", "trials": {}}
+    report: dict = {"budget_s": None if steps else args.budget_s, "split": "valid", "trials": {}}
     for name in names:
         done = work_dir / name / "tuning.json"
         if args.redo:
@@ -93,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         if done.is_file():
             result = json.loads(done.read_text("utf-8"))
         else:  # an unfinished trial goes on: its time budget counts every session
-            result = run_trial(name, args.budget_s, work_dir, Path(args.recipe))
+            result = run_trial(name, args.budget_s, work_dir, Path(args.recipe), steps.get(name))
             files.write_json(done, result)
         report["trials"][name] = result
         print(f"{name}: {json.dumps(result)}", flush=True)

@@ -178,7 +178,10 @@ class KerasTranslator:
     """Batched text -> text translation with a trained model (greedy or beam search).
 
     The decoding graph is traced once per batch shape: sources are padded to the model's
-    source length and batches to ``batch_size``.
+    source length and batches to ``batch_size``. ``jit_compile``: the graph is compiled with
+    XLA, which updates the KV cache in place and fuses the search's small ops: measured on a
+    2-core CPU (64 sentences, 64 steps, the 8.6M en-fr shape), beam 4 took 13.7 s against
+    39.1 s without it, greedy about 25% less; the tokens are the same but for float ties.
     """
 
     def __init__(
@@ -189,12 +192,13 @@ class KerasTranslator:
         length_penalty: float = 0.6,
         max_length: int | None = None,
         batch_size: int = 64,
+        jit_compile: bool = True,
     ):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         self.source_length = model.encoder_sequence_length
         max_length = max_length or model.decoder_sequence_length
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, jit_compile=jit_compile)
         def decode(source_ids):
             return translate_ids(
                 model,

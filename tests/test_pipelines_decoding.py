@@ -99,3 +99,21 @@ def test_truncate_after_end():
     np.testing.assert_array_equal(
         np.asarray(decoding.truncate_after_end(tokens)), [[5, 2, 0, 0], [5, 6, 7, 8]]
     )
+
+
+def test_keras_translator_compiled_with_xla_writes_what_the_plain_graph_writes(
+    trained_reversal,
+):
+    from keras_transformer_pipelines.translation_recipe import KerasTranslator
+
+    model, _ = trained_reversal
+    data = reversal_data(16, seed=14)
+    source = np.asarray(data["encoder_token_ids"], "int32")
+    for beams in (1, 4):
+        compiled = KerasTranslator(model, None, beam_size=beams, max_length=13, batch_size=16)
+        plain = KerasTranslator(
+            model, None, beam_size=beams, max_length=13, batch_size=16, jit_compile=False
+        )
+        got = compiled.translate_ids(source)
+        np.testing.assert_array_equal(got, plain.translate_ids(source))
+        assert (got == _expected(data)).all(axis=1).mean() >= 0.95
