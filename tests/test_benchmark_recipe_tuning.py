@@ -39,3 +39,20 @@ def test_the_ten_minute_recipe_is_the_best_trial():
     for field in ("schedule", "learning_rate", "warmup_steps", "label_smoothing", "clipnorm"):
         assert getattr(tuned.training, field) == getattr(trial.training, field), field
     assert tuned.training.time_budget_s == 600
+
+
+def test_step_budgets_give_each_trial_its_steps_or_refuse_in_one_line():
+    names = ["baseline", "narrow"]
+    assert recipe_tuning.step_budgets("1410", names) == {"baseline": 1410, "narrow": 1410}
+    assert recipe_tuning.step_budgets("baseline=1410,narrow=5000", names) == {
+        "baseline": 1410,
+        "narrow": 5000,
+    }
+    for bad, says in [
+        ("baseline=1410", "no step count for narrow"),
+        ("baseline=1410,narrow=5000,half_batch=9", "'half_batch', which is not among"),
+        ("baseline=0,narrow=5", "whole number of steps >= 1, got '0'"),
+        ("ten", "got 'ten'"),
+    ]:
+        with pytest.raises(ValueError, match=says):
+            recipe_tuning.step_budgets(bad, names)
