@@ -165,8 +165,8 @@ class LayerError:
     signature: str
     tensor: str
     relative_error: float
-    rmse_over_scale: float
-    max_abs_error: float
+    rmse_over_scale: float | None  # None: not an integer tensor (int4 weights, float activations)
+    max_abs_error: float | None  # None: not measured (ai-edge-quantizer's validate)
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -4,7 +4,7 @@
     quantize RUN OUTPUT [--mode M] [--float-fallback-threshold X] [--qat-steps N]
                                                             the same, quantized (default
                                                             dynamic_int8; qat_int8 fine-tunes)
-    report RUN [--top K] [--json FILE]                      full-int8 error per layer
+    report RUN [--mode full_int8|int4|int4_blockwise] [--top K] [--json FILE]  error per layer
     onnx RUN OUTPUT_DIR                                     parity-checked ONNX files
 
 The device commands (translate, generate, classify, tag, bench, info) run from
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from keras_transformer.errors import ExitCode, ProjectError, report_error
 from keras_transformer_edge.convert import ConversionError
-from keras_transformer_edge.modes import CONVERTIBLE_MODES, MODES
+from keras_transformer_edge.modes import CONVERTIBLE_MODES, MODES, POST_QUANTIZED_MODES
 
 # ``quantize``'s modes: every mode but fp32 (modes.py).
 QUANTIZED_MODES = tuple(mode for mode in MODES if mode != "fp32")
@@ -68,7 +68,14 @@ def _parser(prog: str | None = None) -> argparse.ArgumentParser:
     quantize.add_argument(
         "--qat-steps", type=int, default=300, help="qat_int8: fine-tuning steps (default 300)"
     )
-    report = command("report", "per-layer error of full int8 against float, worst first")
+    report = command("report", "per-layer error of a quantized mode against float, worst first")
+    report.add_argument(
+        "--mode",
+        choices=("full_int8", *POST_QUANTIZED_MODES),
+        default="full_int8",
+        help="full_int8 (each op on float inputs) or an int4 mode (ai-edge-quantizer's "
+        "validate, end to end)",
+    )
     report.add_argument("--top", type=int, default=20, help="layers to print")
     report.add_argument("--json", type=Path, help="write the whole report here")
     onnx = command("onnx", "export one parity-checked .onnx per signature")
@@ -76,10 +83,12 @@ def _parser(prog: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _layer_report(run_dir: Path, which: str):
-    """The full-int8 error report of a run, on calibration samples of its train split."""
+def _layer_report(run_dir: Path, which: str, mode: str = "full_int8"):
+    """The error report of ``mode`` (full int8, or an ai-edge-quantizer mode) against float,
+    on calibration samples of the run's train split."""
     import tempfile
 
+    from keras_transformer_edge import post_quantize
     from keras_transformer_edge.calibration import bounded_attention, layer_error_report
     from keras_transformer_edge.convert import (
         calibration_samples,
@@ -90,11 +99,19 @@ def _layer_report(run_dir: Path, which: str):
 
     run = load_run(run_dir, which)
     batch = first_batch(run, "train", 64, shuffle=True)
-    with tempfile.TemporaryDirectory() as scratch, bounded_attention(run.model):
+    # Each mode's own export: bounded scores for integer activations, lookups for int4.
+    export = (
+        bounded_attention(run.model)
+        if mode == "full_int8"
+        else post_quantize.embedding_lookups(run.model)
+    )
+    with tempfile.TemporaryDirectory() as scratch, export:
         saved = export_saved_model(run.model, run.endpoints, Path(scratch) / "saved_model")
         float_model = convert_saved_model(saved, run.endpoints, "fp32")
         samples = calibration_samples(float_model, run.endpoints, [batch])
-        return layer_error_report(saved, samples)
+        if mode == "full_int8":
+            return layer_error_report(saved, samples)
+        return post_quantize.tensor_errors(float_model, mode, samples)
 
 
 def _convert(args) -> dict:
@@ -187,13 +204,15 @@ def run(argv: list[str] | None = None, prog: str | None = None) -> int:
         elif args.command == "onnx":
             result = _onnx(args)
         else:
-            report = _layer_report(args.run, args.which)
+            report = _layer_report(args.run, args.which, args.mode)
             if args.json:
-                args.json.write_text(json.dumps([layer.as_dict() for layer in report], indent=1))
+                from keras_transformer_pipelines import files
+
+                files.write_json(args.json, [layer.as_dict() for layer in report])
             for layer in report[: args.top]:
+                steps = "-" if layer.rmse_over_scale is None else f"{layer.rmse_over_scale:.3f}"
                 print(
-                    f"{layer.relative_error:8.3f} {layer.rmse_over_scale:9.3f}  "
-                    f"{layer.signature:8s} {layer.tensor}"
+                    f"{layer.relative_error:8.3f} {steps:>9s}  {layer.signature:8s} {layer.tensor}"
                 )
             return ExitCode.DONE
     except (ProjectError, OSError) as error:  # ours, or the system's; others: a bug

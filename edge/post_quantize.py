@@ -14,19 +14,28 @@ activations on the fly. Two facts of our export decide how much it covers:
 
 :func:`quantize` returns the int4 flatbuffer; :func:`tensor_errors` is the quantizer's own
 per-tensor comparison with the float model on real inputs (its ``validate``), for the
-per-layer error report.
+per-layer error report (``report RUN --mode int4_blockwise``).
+
+Its static recipes (``static_wi8_ai8``, ``static_wi8_ai16``) are not modes here: tried on
+our seq2seq export (ai-edge-quantizer 0.10.0, 2026-12-07) they quantize the signatures'
+inputs and outputs (the KV caches) unless told not to, and even with float inputs and
+bounded attention scores the decode step's logits came out far from float's (int8 and int16
+activations alike: top-1 0.55 on a small random model, while ``encode`` was fine).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import math
+import os
 from collections.abc import Iterator
 
 import keras
 import tensorflow as tf
 
 from keras_transformer_edge import private_api
+from keras_transformer_edge.calibration import LayerError
 
 # mode -> ai-edge-quantizer recipe (a function of ai_edge_quantizer.recipe).
 RECIPES = {
@@ -89,6 +98,42 @@ def quantize(float_flatbuffer: bytes, mode: str) -> bytes:
     with contextlib.redirect_stderr(io.StringIO()):
         result = engine.quantize(enable_progress_bar=False, enable_progress_report=False)
     return inline_buffers(bytes(result.quantized_model))
+
+
+def tensor_errors(
+    float_flatbuffer: bytes, mode: str, samples: dict, limit: int = 8
+) -> list[LayerError]:
+    """Every tensor of ``mode``'s model against the float model's, worst first, by
+    ai-edge-quantizer's ``validate`` on real inputs: ``samples`` (signature -> input dicts, as
+    ``convert.calibration_samples`` makes them), the first ``limit`` of each signature.
+
+    The quantized model runs end to end, so an activation's error is accumulated from the
+    layers before it (unlike full int8's report, which feeds each op float inputs). Only
+    activations are listed: the quantizer's constant comparison reads an int4 weight as it is
+    stored, not dequantized (ratios of 3 and more on weights whose outputs are fine, 0.10.0).
+    ``relative_error`` is the RMS error over the float
+    tensor's RMS, from the quantizer's signal-to-noise power ratio: 1 / sqrt(SNR). A tensor
+    with no signal (empty, or all zeros: its SNR is 0) has no relative error and is left out.
+    """
+    from ai_edge_quantizer.utils.validation_utils import ValidationErrorMetric
+
+    engine = _quantizer(float_flatbuffer, mode)
+    with contextlib.redirect_stderr(io.StringIO()):  # its progress bars (see quantize)
+        engine.quantize(enable_progress_bar=False, enable_progress_report=False)
+        result = engine.validate(
+            {signature: list(inputs)[:limit] for signature, inputs in samples.items()},
+            error_metrics=[ValidationErrorMetric.SNR],
+            num_threads=os.cpu_count() or 1,
+        )
+    errors = []
+    for signature in result.available_signature_keys():
+        compared = result.get_signature_comparison_result(signature)
+        for group in (compared.intermediate_tensors, compared.output_tensors):
+            for tensor, metrics in group.items():
+                snr = float(metrics["snr"])
+                if snr > 0:
+                    errors.append(LayerError(signature, tensor, 1 / math.sqrt(snr), None, None))
+    return sorted(errors, key=lambda error: error.relative_error, reverse=True)
 
 
 def inline_buffers(flatbuffer: bytes) -> bytes:

@@ -145,3 +145,29 @@ def test_an_int4_bundle_passes_its_gate_and_translates(tmp_path):
     texts = ["blue window", "the cat opens the door", "moon"]
     assert translator.translate_many(texts) == [translator.translate(text) for text in texts]
     assert all(translator.translate_many(texts))
+
+
+def test_tensor_errors_rank_the_quantizers_own_comparison_of_activations(model):
+    from keras_transformer_edge.calibration import seq2seq_samples
+
+    endpoints = seq2seq_endpoints(model)
+    with post_quantize.embedding_lookups(model):
+        float_model = convert(model, endpoints, "fp32")
+    rng = np.random.default_rng(0)
+    sources = np.zeros((4, 12), np.int32)
+    sources[:, :7] = rng.integers(3, 300, (4, 7))
+    targets = np.zeros((4, 12), np.int32)
+    targets[:, 0], targets[:, 1:6] = 1, rng.integers(3, 300, (4, 5))
+    batch = {"encoder_token_ids": sources, "decoder_token_ids": targets}
+    samples = seq2seq_samples(float_model, [batch], limit=4)
+    for mode in ("int4", "int4_blockwise"):
+        errors = post_quantize.tensor_errors(float_model, mode, samples, limit=4)
+        relative = [error.relative_error for error in errors]
+        assert relative == sorted(relative, reverse=True)
+        assert {error.signature for error in errors} == {"encode", "decode"}
+        assert all(e.rmse_over_scale is None and e.max_abs_error is None for e in errors)
+        # Every activation keeps most of its signal; the worst output (the encoder's memory,
+        # the logits, the new cache entries) loses a few percent to 4-bit weights.
+        assert all(0.0 <= value < 0.5 for value in relative), errors[:3]
+        outputs = [e.relative_error for e in errors if "StatefulPartitionedCall" in e.tensor]
+        assert 0.01 < max(outputs) < 0.5, outputs

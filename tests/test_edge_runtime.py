@@ -755,6 +755,12 @@ def test_conversion_cli_writes_a_gated_bundle_a_report_and_onnx(run_dir, workdir
     lines = capsys.readouterr().out.strip().splitlines()
     errors = [float(line.split()[0]) for line in lines]
     assert len(lines) == 3 and errors == sorted(errors, reverse=True)
+    # int4 through ai-edge-quantizer's own validate: activations, no quantization step size.
+    assert edge_cli.run(["report", str(run_dir), "--mode", "int4_blockwise", "--top", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    errors = [float(line.split()[0]) for line in lines]
+    assert len(lines) == 3 and errors == sorted(errors, reverse=True) and 0 < errors[0] < 1
+    assert all(line.split()[1] == "-" for line in lines)
     code = edge_cli.run(["onnx", str(run_dir), str(workdir / "onnx")])
     assert code == 0, capsys.readouterr().err
     assert sorted(p.name for p in (workdir / "onnx").iterdir()) == ["decode.onnx", "encode.onnx"]
