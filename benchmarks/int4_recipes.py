@@ -1,0 +1,142 @@
+"""int4 and mixed int4/int8 recipes of ai-edge-quantizer on one trained translation run: the
+size of each quantized model and the bundle's parity gate (greedy BLEU on the held-out pairs
+against Keras, top-1 agreement of the logits). docs/int4-recipes.md records what each gave.
+
+    python benchmarks/int4_recipes.py RUN [--recipes b32,b64,table8_b64] [--examples 256]
+
+RUN is a finished translation run (``model.keras``, ``tokenizer/``, ``data/``). Every recipe
+rewrites the same float flatbuffer, the bundle's own export (embeddings as EMBEDDING_LOOKUP);
+GPTQ recipes are calibrated on 64 train examples (every signature's inputs). A recipe the
+quantizer refuses is reported with its error. The last line printed is a JSON object: per
+recipe its size, BLEU, drop and agreement (or error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import tempfile
+from pathlib import Path
+
+from keras_transformer_pipelines.tensorflow_logs import import_tensorflow
+
+import_tensorflow()  # before the edge modules import TensorFlow: its start-up notices filtered
+
+from keras_transformer_edge import post_quantize  # noqa: E402
+from keras_transformer_edge.convert import (  # noqa: E402
+    calibration_samples,
+    convert_saved_model,
+    export_saved_model,
+)
+from keras_transformer_edge.run_data import first_batch, load_run, parity_report  # noqa: E402
+
+# The output head: the FULLY_CONNECTED whose output is the step's logits.
+HEAD = "StatefulPartitionedCall"
+
+# name -> [(output-name regex, op, bits, granularity, algorithm)]; a later entry wins.
+RECIPES = {
+    "b32": [(".*", "*", 4, "BLOCKWISE_32", "min_max")],
+    "b64": [(".*", "*", 4, "BLOCKWISE_64", "min_max")],
+    "b32_octav": [(".*", "*", 4, "BLOCKWISE_32", "octav")],
+    "b32_gptq": [(".*", "*", 4, "BLOCKWISE_32", "min_max"),
+                 (".*", "FULLY_CONNECTED", 4, "BLOCKWISE_32", "gptq")],
+    "b64_gptq": [(".*", "*", 4, "BLOCKWISE_64", "min_max"),
+                 (".*", "FULLY_CONNECTED", 4, "BLOCKWISE_64", "gptq")],
+    "b32_mse": [(".*", "*", 4, "BLOCKWISE_32", "mse")],
+    "b32_hadamard": [(".*", "*", 4, "BLOCKWISE_32", "min_max"),
+                     (".*", "FULLY_CONNECTED", 4, "BLOCKWISE_32", "decomposed_hadamard")],
+    "channel_hadamard": [(".*", "*", 4, "BLOCKWISE_32", "min_max"),
+                         (".*", "FULLY_CONNECTED", 4, "CHANNELWISE", "decomposed_hadamard")],
+    "b32_lookups8": [(".*", "*", 4, "BLOCKWISE_32", "min_max"),
+                     (".*", "EMBEDDING_LOOKUP", 8, "CHANNELWISE", "min_max")],
+    "table8": [(".*", "*", 4, "BLOCKWISE_32", "min_max"),
+               (".*", "EMBEDDING_LOOKUP", 8, "CHANNELWISE", "min_max"),
+               (HEAD, "FULLY_CONNECTED", 8, "CHANNELWISE", "min_max")],
+    "table8_b64": [(".*", "*", 4, "BLOCKWISE_64", "min_max"),
+                   (".*", "EMBEDDING_LOOKUP", 8, "CHANNELWISE", "min_max"),
+                   (HEAD, "FULLY_CONNECTED", 8, "CHANNELWISE", "min_max")],
+    "attention8": [(".*", "*", 4, "BLOCKWISE_32", "min_max"),
+                   ("attention", "FULLY_CONNECTED", 8, "CHANNELWISE", "min_max")],
+    "feedforward4": [(".*", "*", 8, "CHANNELWISE", "min_max"),
+                     ("feedforward", "FULLY_CONNECTED", 4, "BLOCKWISE_32", "min_max")],
+    "int8": [(".*", "*", 8, "CHANNELWISE", "min_max")],
+}  # fmt: skip
+
+
+def recipe(entries: list[tuple]):
+    """An ai-edge-quantizer recipe from :data:`RECIPES` entries."""
+    from ai_edge_quantizer import algorithm_manager, qtyping, recipe_manager
+
+    algorithms = {
+        "min_max": algorithm_manager.AlgorithmName.MIN_MAX_UNIFORM_QUANT,
+        "octav": algorithm_manager.AlgorithmName.OCTAV,
+        "gptq": algorithm_manager.AlgorithmName.GPTQ,
+        "mse": algorithm_manager.AlgorithmName.MSE,
+        "decomposed_hadamard": algorithm_manager.AlgorithmName.DECOMPOSED_HADAMARD_ROTATION,
+    }
+    manager = recipe_manager.RecipeManager()
+    for regex, op, bits, granularity, algorithm in entries:
+        manager.add_dynamic_config(
+            regex,
+            qtyping.TFLOperationName.ALL_SUPPORTED if op == "*" else qtyping.TFLOperationName[op],
+            bits,
+            qtyping.QuantGranularity[granularity],
+            algorithms[algorithm],
+        )
+    return manager.get_quantization_recipe()
+
+
+def quantized(float_flatbuffer: bytes, entries: list[tuple], samples: dict) -> bytes:
+    from ai_edge_quantizer import quantizer
+
+    engine = quantizer.Quantizer(bytearray(float_flatbuffer))
+    engine.load_quantization_recipe(recipe(entries))
+    with contextlib.redirect_stderr(io.StringIO()):  # its progress bars
+        calibrated = engine.calibrate(samples, num_threads=2) if engine.need_calibration else None
+        result = engine.quantize(
+            calibrated, enable_progress_bar=False, enable_progress_report=False
+        )
+    return post_quantize.inline_buffers(bytes(result.quantized_model))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--recipes", default=",".join(RECIPES))
+    parser.add_argument("--examples", type=int, default=256)
+    args = parser.parse_args()
+    names = args.recipes.split(",")
+    unknown = sorted(set(names) - set(RECIPES))
+    if unknown:
+        parser.error(f"unknown recipes {unknown}; known: {', '.join(RECIPES)}")
+
+    run = load_run(args.run, "model", beam_size=1)
+    with tempfile.TemporaryDirectory() as scratch, post_quantize.embedding_lookups(run.model):
+        saved = export_saved_model(run.model, run.endpoints, Path(scratch) / "saved")
+        float_flatbuffer = convert_saved_model(saved, run.endpoints, "fp32")
+    samples = calibration_samples(
+        float_flatbuffer, run.endpoints, [first_batch(run, "train", 64, shuffle=True)]
+    )
+    results = {}
+    for name in names:
+        try:
+            flatbuffer = quantized(float_flatbuffer, RECIPES[name], samples)
+        except Exception as error:  # the quantizer's refusals are results here
+            results[name] = {"error": str(error).splitlines()[0][:300]}
+        else:
+            report = parity_report(run, flatbuffer, args.examples)
+            results[name] = {
+                "size_bytes": len(flatbuffer),
+                "bleu": round(report["tflite"], 2),
+                "keras_bleu": round(report["keras"], 2),
+                "drop": round(report["keras"] - report["tflite"], 2),
+                "top1_agreement": round(report["top1_agreement"], 4),
+            }
+        print(name, results[name], flush=True)
+    print(json.dumps({"run": str(args.run), "examples": args.examples, "recipes": results}))
+
+
+if __name__ == "__main__":
+    main()
