@@ -14,10 +14,7 @@ recipe its size, BLEU, drop and agreement (or error).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
-import tempfile
 from pathlib import Path
 
 from keras_transformer_pipelines.tensorflow_logs import import_tensorflow
@@ -25,11 +22,7 @@ from keras_transformer_pipelines.tensorflow_logs import import_tensorflow
 import_tensorflow()  # before the edge modules import TensorFlow: its start-up notices filtered
 
 from keras_transformer_edge import post_quantize  # noqa: E402
-from keras_transformer_edge.convert import (  # noqa: E402
-    calibration_samples,
-    convert_saved_model,
-    export_saved_model,
-)
+from keras_transformer_edge.convert import calibration_samples  # noqa: E402
 from keras_transformer_edge.run_data import first_batch, load_run, parity_report  # noqa: E402
 
 # The output head: the FULLY_CONNECTED whose output is the step's logits.
@@ -88,19 +81,6 @@ def recipe(entries: list[tuple]):
     return manager.get_quantization_recipe()
 
 
-def quantized(float_flatbuffer: bytes, entries: list[tuple], samples: dict) -> bytes:
-    from ai_edge_quantizer import quantizer
-
-    engine = quantizer.Quantizer(bytearray(float_flatbuffer))
-    engine.load_quantization_recipe(recipe(entries))
-    with contextlib.redirect_stderr(io.StringIO()):  # its progress bars
-        calibrated = engine.calibrate(samples, num_threads=2) if engine.need_calibration else None
-        result = engine.quantize(
-            calibrated, enable_progress_bar=False, enable_progress_report=False
-        )
-    return post_quantize.inline_buffers(bytes(result.quantized_model))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run", type=Path)
@@ -113,16 +93,21 @@ def main() -> None:
         parser.error(f"unknown recipes {unknown}; known: {', '.join(RECIPES)}")
 
     run = load_run(args.run, "model", beam_size=1)
-    with tempfile.TemporaryDirectory() as scratch, post_quantize.embedding_lookups(run.model):
-        saved = export_saved_model(run.model, run.endpoints, Path(scratch) / "saved")
-        float_flatbuffer = convert_saved_model(saved, run.endpoints, "fp32")
-    samples = calibration_samples(
-        float_flatbuffer, run.endpoints, [first_batch(run, "train", 64, shuffle=True)]
+    float_flatbuffer = post_quantize.float_model(run.model, run.endpoints)
+    calibrated = any(entry[4] == "gptq" for name in names for entry in RECIPES[name])
+    samples = (
+        calibration_samples(
+            float_flatbuffer, run.endpoints, [first_batch(run, "train", 64, shuffle=True)]
+        )
+        if calibrated
+        else None
     )
     results = {}
     for name in names:
         try:
-            flatbuffer = quantized(float_flatbuffer, RECIPES[name], samples)
+            flatbuffer = post_quantize.quantize_recipe(
+                float_flatbuffer, recipe(RECIPES[name]), samples
+            )
         except Exception as error:  # the quantizer's refusals are results here
             results[name] = {"error": str(error).splitlines()[0][:300]}
         else:

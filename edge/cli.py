@@ -99,19 +99,16 @@ def _layer_report(run_dir: Path, which: str, mode: str = "full_int8"):
 
     run = load_run(run_dir, which)
     batch = first_batch(run, "train", 64, shuffle=True)
-    # Each mode's own export: bounded scores for integer activations, lookups for int4.
-    export = (
-        bounded_attention(run.model)
-        if mode == "full_int8"
-        else post_quantize.embedding_lookups(run.model)
-    )
-    with tempfile.TemporaryDirectory() as scratch, export:
+    if mode != "full_int8":  # the quantizer's own export (embedding lookups)
+        float_model = post_quantize.float_model(run.model, run.endpoints)
+        samples = calibration_samples(float_model, run.endpoints, [batch])
+        return post_quantize.tensor_errors(float_model, mode, samples)
+    # Integer activations need bounded scores (see bounded_attention).
+    with tempfile.TemporaryDirectory() as scratch, bounded_attention(run.model):
         saved = export_saved_model(run.model, run.endpoints, Path(scratch) / "saved_model")
         float_model = convert_saved_model(saved, run.endpoints, "fp32")
         samples = calibration_samples(float_model, run.endpoints, [batch])
-        if mode == "full_int8":
-            return layer_error_report(saved, samples)
-        return post_quantize.tensor_errors(float_model, mode, samples)
+        return layer_error_report(saved, samples)
 
 
 def _convert(args) -> dict:

@@ -379,10 +379,7 @@ def convert(
     if mode in POST_QUANTIZED_MODES:
         from keras_transformer_edge import post_quantize
 
-        with tempfile.TemporaryDirectory() as scratch:
-            with post_quantize.embedding_lookups(model):
-                saved = export_saved_model(model, endpoints, Path(workdir or scratch) / "saved")
-            float_flatbuffer = convert_saved_model(saved, endpoints, "fp32")
+        float_flatbuffer = post_quantize.float_model(model, endpoints, workdir)
         with _one_line_errors():
             flatbuffer = post_quantize.quantize(float_flatbuffer, mode)
         check_builtin_ops(flatbuffer)

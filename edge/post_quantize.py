@@ -31,7 +31,9 @@ import contextlib
 import io
 import math
 import os
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import keras
 import tensorflow as tf
@@ -84,22 +86,56 @@ def embedding_lookups(model: keras.Model) -> Iterator[keras.Model]:
             del layer.call
 
 
-def _quantizer(float_flatbuffer: bytes, mode: str):
-    from ai_edge_quantizer import quantizer, recipe
+def float_model(model: keras.Model, endpoints, workdir: str | Path | None = None) -> bytes:
+    """The float ``.tflite`` of ``endpoints`` that the quantizer rewrites: exported with
+    :func:`embedding_lookups`, so the embeddings are weights it covers."""
+    from keras_transformer_edge.convert import convert_saved_model, export_saved_model
+
+    with tempfile.TemporaryDirectory() as scratch:
+        with embedding_lookups(model):
+            saved = export_saved_model(model, endpoints, Path(workdir or scratch) / "saved")
+        return convert_saved_model(saved, endpoints, "fp32")
+
+
+def _quantized(float_flatbuffer: bytes, recipe, samples: dict | None = None):
+    """``(engine, result)`` of ai-edge-quantizer on ``recipe``, calibrated on ``samples``
+    (signature -> input dicts) when the recipe needs it (e.g. GPTQ)."""
+    from ai_edge_quantizer import quantizer
 
     engine = quantizer.Quantizer(bytearray(float_flatbuffer))
-    engine.load_quantization_recipe(getattr(recipe, RECIPES[mode])())
-    return engine
+    engine.load_quantization_recipe(recipe)
+    if engine.need_calibration and samples is None:
+        raise ValueError("this ai-edge-quantizer recipe needs calibration samples")
+    # ai-edge-quantizer 0.10 does not pass enable_progress_bar on to its transformation step,
+    # whose tqdm bar then goes to stderr for any model of 100 tensors or more.
+    with contextlib.redirect_stderr(io.StringIO()):
+        calibrated = (
+            engine.calibrate(samples, num_threads=os.cpu_count() or 1)
+            if engine.need_calibration
+            else None
+        )
+        result = engine.quantize(
+            calibrated, enable_progress_bar=False, enable_progress_report=False
+        )
+    return engine, result
+
+
+def _recipe(mode: str):
+    from ai_edge_quantizer import recipe
+
+    return getattr(recipe, RECIPES[mode])()
+
+
+def quantize_recipe(float_flatbuffer: bytes, recipe, samples: dict | None = None) -> bytes:
+    """The float model rewritten by any ai-edge-quantizer ``recipe`` (``samples``: calibration
+    inputs, for recipes that need them), its buffers inline."""
+    _, result = _quantized(float_flatbuffer, recipe, samples)
+    return inline_buffers(bytes(result.quantized_model))
 
 
 def quantize(float_flatbuffer: bytes, mode: str) -> bytes:
     """The float model with int4 weights as ``mode`` (a key of :data:`RECIPES`) says."""
-    engine = _quantizer(float_flatbuffer, mode)
-    # ai-edge-quantizer 0.10 does not pass enable_progress_bar on to its transformation step,
-    # whose tqdm bar then goes to stderr for any model of 100 tensors or more.
-    with contextlib.redirect_stderr(io.StringIO()):
-        result = engine.quantize(enable_progress_bar=False, enable_progress_report=False)
-    return inline_buffers(bytes(result.quantized_model))
+    return quantize_recipe(float_flatbuffer, _recipe(mode))
 
 
 def tensor_errors(
@@ -119,9 +155,8 @@ def tensor_errors(
     """
     from ai_edge_quantizer.utils.validation_utils import ValidationErrorMetric
 
-    engine = _quantizer(float_flatbuffer, mode)
-    with contextlib.redirect_stderr(io.StringIO()):  # its progress bars (see quantize)
-        engine.quantize(enable_progress_bar=False, enable_progress_report=False)
+    engine, _ = _quantized(float_flatbuffer, _recipe(mode))
+    with contextlib.redirect_stderr(io.StringIO()):  # its progress bars (see _quantized)
         result = engine.validate(
             {signature: list(inputs)[:limit] for signature, inputs in samples.items()},
             error_metrics=[ValidationErrorMetric.SNR],

@@ -20,9 +20,7 @@ def _bits(entries, op: str, output_name: str):
 
     manager = recipe_manager.RecipeManager()
     manager.load_quantization_recipe(int4_recipes.recipe(entries))
-    algorithm, config = manager.get_quantization_configs(
-        qtyping.TFLOperationName[op], output_name
-    )
+    algorithm, config = manager.get_quantization_configs(qtyping.TFLOperationName[op], output_name)
     return str(algorithm), config.weight_tensor_config.num_bits
 
 

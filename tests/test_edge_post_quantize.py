@@ -118,7 +118,7 @@ def test_inline_buffers_keeps_the_weights_inside_the_flatbuffer():
     endpoints = seq2seq_endpoints(model)
     with post_quantize.embedding_lookups(model):
         float_model = convert(model, endpoints, "fp32")
-    raw = post_quantize._quantizer(float_model, "int4").quantize(enable_progress_report=False)
+    _, raw = post_quantize._quantized(float_model, post_quantize._recipe("int4"))
     raw = bytes(raw.quantized_model)
     root = schema.Model.GetRootAs(raw, 0)
     external = [root.Buffers(i).Offset() > 1 for i in range(root.BuffersLength())]
