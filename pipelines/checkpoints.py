@@ -25,6 +25,7 @@ and deletes its backup when ``fit`` ends, so a budget-stopped run cannot be cont
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -241,12 +242,67 @@ class RunCheckpoints(keras.callbacks.Callback):
             and math.isfinite(value)
             and (self.state.best is None or value < self.state.best)
         ):
-            with files.atomic_path(self.workdir / "best.keras") as temporary:
+            with (
+                averaged_weights(self.model),
+                files.atomic_path(self.workdir / "best.keras") as temporary,
+            ):
                 (self._save_model or self.model).save(temporary)
             self.state.best = float(value)
         self.state.step, self.state.period = step, period
         self.state.train_seconds = round(self.seconds(), 3)
         return save(self.model, self.checkpoint_dir, self.state)
+
+
+def average_in(model: keras.Model) -> list | None:
+    """Put the optimizer's weight average into ``model``; the raw weights it held, or None
+    when the optimizer keeps no average (nothing changed)."""
+    optimizer = model.optimizer
+    if optimizer is None or not getattr(optimizer, "use_ema", False):
+        return None
+    raw = [keras.ops.convert_to_numpy(variable) for variable in model.trainable_weights]
+    optimizer.finalize_variable_values(model.trainable_weights)
+    return raw
+
+
+def raw_back(model: keras.Model, raw: list | None) -> None:
+    """Undo :func:`average_in`."""
+    for variable, value in zip(model.trainable_weights, raw or []):
+        variable.assign(value)
+
+
+@contextlib.contextmanager
+def averaged_weights(model: keras.Model):
+    """Within: the weight average in ``model`` (when the optimizer keeps one); after: the raw
+    weights again, so that the checkpoint written next continues training from them."""
+    raw = average_in(model)
+    try:
+        yield
+    finally:
+        raw_back(model, raw)
+
+
+class ValidateTheAverage(keras.callbacks.Callback):
+    """Validation scores the weight average, the model that ships.
+
+    Not ``keras.callbacks.SwapEMAWeights``: it swaps by arithmetic (a + b - b rounds the raw
+    weights a little at every validation) and, when Ctrl-C stops a validation, leaves the
+    average in the model, where the interrupted run's checkpoint would save it as the raw
+    weights. :meth:`restore` puts the raw weights back exactly.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._raw: list | None = None
+
+    def on_test_begin(self, logs=None):
+        self._raw = average_in(self.model)
+
+    def on_test_end(self, logs=None):
+        self.restore()
+
+    def restore(self) -> None:
+        raw_back(self.model, self._raw)
+        self._raw = None
 
 
 def _number(value) -> float | str:

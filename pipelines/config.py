@@ -118,6 +118,10 @@ class TrainingConfig:
     warmup_steps: int = 800
     weight_decay: float = 1e-4  # AdamW
     clipnorm: float | None = 1.0
+    # A moving average of the weights (Keras's optimizer EMA), used for validation, best.keras
+    # and model.keras; checkpoints keep the raw weights. Its window is about 1 / (1 - momentum)
+    # steps, which must be well below the run's steps. None: no average.
+    ema_momentum: float | None = None
     label_smoothing: float = 0.1
     precision: str = "float32"  # or mixed_bfloat16, mixed_float16, auto (see precision.py)
     early_stopping_patience: int | None = None  # in checkpoints without a better val_loss
@@ -234,6 +238,9 @@ def recipe_from_dict(values: dict, where: str = "recipe", base: Path | None = No
         raise ConfigError(f"{where}: set data.corpus ('gettext:<lang>') or data.train")
     if data.corpus is not None and not data.corpus.startswith("gettext:"):
         raise ConfigError(f"{where}: data.corpus must look like 'gettext:fr', got {data.corpus!r}")
+    momentum = recipe.training.ema_momentum
+    if momentum is not None and not 0.0 < momentum < 1.0:
+        raise ConfigError(f"{where}: training.ema_momentum must be in (0, 1), got {momentum}")
     if recipe.training.train_steps < recipe.training.steps_per_checkpoint:
         raise ConfigError(f"{where}: training.train_steps must be >= steps_per_checkpoint")
     if recipe.task != "translation":

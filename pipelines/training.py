@@ -8,6 +8,8 @@ pipeline; :func:`fit_recipe` does the rest the same way for every task::
                      time budget or by Ctrl-C continues from the newest when started again
     best.keras       the model with the best validation loss
     model.keras      the final model
+                     (both hold the weight average when training.ema_momentum is set; the
+                     checkpoints hold the raw weights, the average in the optimizer's state)
     logs/            TensorBoard; history.csv the per-checkpoint metrics
     train_summary.json
 
@@ -29,6 +31,7 @@ from keras_transformer_pipelines import files, precision
 from keras_transformer_pipelines.checkpoints import (
     RunCheckpoints,
     TrainingState,
+    ValidateTheAverage,
     read_rows,
     restore_latest,
     truncate_history,
@@ -97,6 +100,8 @@ def build_optimizer(recipe: Recipe) -> keras.optimizers.Optimizer:
         beta_2=0.98,
         epsilon=1e-9,
         clipnorm=training.clipnorm,
+        use_ema=training.ema_momentum is not None,
+        ema_momentum=training.ema_momentum or 0.99,
     )
 
 
@@ -161,7 +166,12 @@ def _fit(recipe, strategy, workdir, model, train_input, valid_data, callbacks) -
     checkpoints = RunCheckpoints(
         workdir, state, training.train_steps, training.time_budget_s, monitor, saved
     )
-    all_callbacks = [checkpoints, keras.callbacks.TensorBoard(str(workdir / "logs"))]
+    validate_the_average = ValidateTheAverage()  # a no-op without training.ema_momentum
+    all_callbacks = [
+        validate_the_average,
+        checkpoints,
+        keras.callbacks.TensorBoard(str(workdir / "logs")),
+    ]
     if training.early_stopping_patience:
         all_callbacks.append(
             keras.callbacks.EarlyStopping(monitor, patience=training.early_stopping_patience)
@@ -186,6 +196,7 @@ def _fit(recipe, strategy, workdir, model, train_input, valid_data, callbacks) -
                 verbose=training.verbose,
             )
         except KeyboardInterrupt:
+            validate_the_average.restore()  # stopped inside a validation: the raw weights back
             checkpoints.save(checkpoints.state.period, {})
             warn(
                 f"interrupted at step {int(model.optimizer.iterations.numpy())}; a checkpoint is "
@@ -193,6 +204,9 @@ def _fit(recipe, strategy, workdir, model, train_input, valid_data, callbacks) -
             )
             raise
     seconds = time.perf_counter() - started
+    # fit ends with the weight average in the model (when it ran); a run with no steps left
+    # holds the raw weights of its checkpoint. The same call serves both, as it is idempotent.
+    model.optimizer.finalize_variable_values(model.trainable_weights)
     with files.atomic_path(workdir / "model.keras") as temporary:
         saved.save(temporary)
     stopped_by = checkpoints.stopped_by or (
