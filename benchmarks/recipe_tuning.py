@@ -47,6 +47,8 @@ TRIALS: dict[str, dict] = {
     "shallow_decoder": {"model.num_encoder_layers": 4, "model.num_decoder_layers": 2},
     "small_vocabulary": {"tokenizer.vocabulary_size": 4000},
     "no_dropout": {"model.dropout": 0.0},
+    # The weights' moving average (window ~100 steps) is what validation scores and what ships.
+    "weight_average": {"training.ema_momentum": 0.99},
 }
 
 

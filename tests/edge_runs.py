@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import keras
+import yaml
 
 from keras_transformer_pipelines import translation_recipe
 from keras_transformer_pipelines.config import recipe_from_dict
@@ -27,6 +28,34 @@ PROJECT_SOURCES = (
 SMALL = {"hidden_dim": 32, "num_heads": 4, "intermediate_dim": 64, "num_layers": 1}
 LENGTH = 12  # source and target tokens of the toy translation model
 VOCABULARY = 400
+
+
+def tiny_recipe_file(output_dir: Path, data: Path, **training) -> Path:
+    """``output_dir.yaml``: a 1+1-layer, width-16 translation recipe on ``data``'s train.tsv and
+    valid.tsv, deterministic and silent, with ``training``'s keys; its path."""
+    recipe = {
+        "output_dir": str(output_dir),
+        "data": {
+            "train": str(data / "train.tsv"),
+            "valid": str(data / "valid.tsv"),
+            "max_source_length": 16,
+            "max_target_length": 16,
+            "max_tokens": 256,
+        },
+        "tokenizer": {"vocabulary_size": 320},
+        "model": {
+            "num_encoder_layers": 1,
+            "num_decoder_layers": 1,
+            "hidden_dim": 16,
+            "num_heads": 2,
+            "intermediate_dim": 32,
+            "dropout": 0.1,
+        },
+        "training": {"deterministic": True, "verbose": 0, **training},
+    }
+    path = output_dir.with_suffix(".yaml")
+    path.write_text(yaml.safe_dump(recipe))
+    return path
 
 
 def toy_translation_run(directory: Path, steps: int = 120, precision: str = "float32") -> Path:

@@ -20,9 +20,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import yaml
 
 from keras_transformer_pipelines.synthetic import word_translation_pairs, write_tsv
+
+sys.path.insert(0, str(Path(__file__).parent))
+from edge_runs import tiny_recipe_file  # noqa: E402
 
 HELPER = Path(__file__).parent / "helpers" / "train_and_die.py"
 STEPS_PER_CHECKPOINT, TRAIN_STEPS, DIE_AT = 4, 16, 10
@@ -31,36 +33,16 @@ KILLS_PER_RUN = 5
 
 
 def _recipe(directory: Path, data: Path, **training) -> Path:
-    recipe = {
-        "output_dir": str(directory),
-        "data": {
-            "train": str(data / "train.tsv"),
-            "valid": str(data / "valid.tsv"),
-            "max_source_length": 16,
-            "max_target_length": 16,
-            "max_tokens": 256,
-        },
-        "tokenizer": {"vocabulary_size": 320},
-        "model": {
-            "num_encoder_layers": 1,
-            "num_decoder_layers": 1,
-            "hidden_dim": 16,
-            "num_heads": 2,
-            "intermediate_dim": 32,
-            "dropout": 0.1,
-        },
-        "training": {
+    return tiny_recipe_file(
+        directory,
+        data,
+        **{
             "train_steps": TRAIN_STEPS,
             "steps_per_checkpoint": STEPS_PER_CHECKPOINT,
             "warmup_steps": 4,
-            "deterministic": True,
-            "verbose": 0,
             **training,
         },
-    }
-    path = directory.with_suffix(".yaml")
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    )
 
 
 def _environment() -> dict:

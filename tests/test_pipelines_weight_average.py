@@ -6,18 +6,21 @@ average in the optimizer's state), so a run continued from a checkpoint ends whe
 straight through ends.
 """
 
+import sys
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
-import yaml
 
 from keras_transformer_pipelines.checkpoints import ValidateTheAverage, read_rows
 from keras_transformer_pipelines.config import ConfigError, load_recipe
 from keras_transformer_pipelines.synthetic import word_translation_pairs, write_tsv
 from keras_transformer_pipelines.training import load_model
 from keras_transformer_pipelines.translation_recipe import train
+
+sys.path.insert(0, str(Path(__file__).parent))
+from edge_runs import tiny_recipe_file  # noqa: E402
 
 MOMENTUM, STEPS, PERIOD = 0.8, 8, 4
 
@@ -40,37 +43,9 @@ def _recipe(tmp_path: Path, name: str, **training) -> Path:
         data.mkdir()
         write_tsv(word_translation_pairs(300, seed=0), data / "train.tsv")
         write_tsv(word_translation_pairs(40, seed=1), data / "valid.tsv")
-    recipe = {
-        "output_dir": str(tmp_path / name),
-        "data": {
-            "train": str(data / "train.tsv"),
-            "valid": str(data / "valid.tsv"),
-            "max_source_length": 16,
-            "max_target_length": 16,
-            "max_tokens": 256,
-        },
-        "tokenizer": {"vocabulary_size": 320},
-        "model": {
-            "num_encoder_layers": 1,
-            "num_decoder_layers": 1,
-            "hidden_dim": 16,
-            "num_heads": 2,
-            "intermediate_dim": 32,
-        },
-        "training": {
-            "train_steps": STEPS,
-            "steps_per_checkpoint": PERIOD,
-            "warmup_steps": 2,
-            "learning_rate": 0.01,
-            "ema_momentum": MOMENTUM,
-            "deterministic": True,
-            "verbose": 0,
-            **training,
-        },
-    }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    settings = {"train_steps": STEPS, "steps_per_checkpoint": PERIOD, "warmup_steps": 2}
+    settings.update(learning_rate=0.01, ema_momentum=MOMENTUM, **training)
+    return tiny_recipe_file(tmp_path / name, data, **settings)
 
 
 def _average(steps: list[list[np.ndarray]], upto: int) -> list[np.ndarray]:
