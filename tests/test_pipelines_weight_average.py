@@ -44,7 +44,7 @@ def _recipe(tmp_path: Path, name: str, **training) -> Path:
         write_tsv(word_translation_pairs(300, seed=0), data / "train.tsv")
         write_tsv(word_translation_pairs(40, seed=1), data / "valid.tsv")
     settings = {"train_steps": STEPS, "steps_per_checkpoint": PERIOD, "warmup_steps": 2}
-    settings.update(learning_rate=0.01, ema_momentum=MOMENTUM, **training)
+    settings.update({"learning_rate": 0.01, "ema_momentum": MOMENTUM, **training})
     return tiny_recipe_file(tmp_path / name, data, **settings)
 
 
