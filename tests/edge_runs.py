@@ -1,6 +1,6 @@
-"""Small pipeline runs and bundles that several edge test files build: the toy translation run
-(about 15 s), fake runs of the other tasks around an untrained model, and the project's sources
-for building a wheel."""
+"""Small pipeline runs and bundles that several test files build: the toy translation run
+(about 15 s), a tiny translation recipe file (the resume and weight-average tests), fake runs
+of the other tasks around an untrained model, and the project's sources for building a wheel."""
 
 from __future__ import annotations
 
