@@ -214,15 +214,26 @@ def test_full_int8_tflite_of_the_quantization_aware_model(quantized_seq2seq):
     # token's own score and the weighted values, cross-attention's two; both softmaxes.
     assert int8_ops == {"FULLY_CONNECTED": 7, "BATCH_MATMUL": 5, "SOFTMAX": 2}, int8_ops
 
-    rows = 6
+    rows = 24
     tflite = _tflite_teacher_forced(flatbuffer, inputs, rows)
     keras_logits = np.asarray(quantized(inputs))[:rows]
     agreement = _top1_agreement(tflite, keras_logits, inputs, rows)
     real = _real_tokens(inputs, rows)
-    error = np.abs(tflite - keras_logits)[real].mean() / np.abs(keras_logits).max()
+    scale = np.abs(keras_logits).max()
+    error = np.abs(tflite - keras_logits)[real].mean() / scale
     print(f"tflite vs qat keras: top-1 {agreement:.3f}, mean error {error:.4f} of max logit")
-    assert agreement >= 0.9, agreement  # measured 0.976 (41 of 42)
     assert error < 0.02, error
+    # This briefly trained model has many near-ties, and which side of a tie int8 lands on
+    # depends on the CPU's summation order (0.857 of 42 tokens on an AMX Xeon, 0.976 on an
+    # AMD EPYC). Where Keras's choice is decisive, by more than 2% of the largest logit
+    # (about 2.5 steps of the int8 output grid), int8 must make the same one: every
+    # disagreement measured over seeds 1-3 had a margin under 1.7%.
+    ranked = np.sort(keras_logits, axis=-1)
+    decisive = real & (ranked[..., -1] - ranked[..., -2] > 0.02 * scale)
+    assert decisive.sum() >= 0.5 * real.sum(), (decisive.sum(), real.sum())  # 65-71% measured
+    same = tflite.argmax(-1) == keras_logits.argmax(-1)
+    assert same[decisive].all(), np.flatnonzero(~same[decisive])
+    assert agreement >= 0.85, agreement  # 0.929-0.946 over seeds 1-3 (168 tokens)
 
     # Baking puts every quantized weight on its int8 grid; fake quantization of the baked
     # weights changes nothing, so the quantization-aware model computes what it did.
