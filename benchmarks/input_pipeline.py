@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from keras_transformer_pipelines.tensorflow_logs import import_tensorflow  # noqa: E402
+
+import_tensorflow()  # before anything else imports TensorFlow: its start-up notices filtered
 
 import keras  # noqa: E402
 

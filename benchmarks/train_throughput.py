@@ -32,12 +32,14 @@ import statistics
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 if "--onednn" in sys.argv[:-1]:  # must be set before TensorFlow is imported
     _choice = sys.argv[sys.argv.index("--onednn") + 1]
     if _choice in ("on", "off"):
         os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if _choice == "on" else "0"
 
+from keras_transformer_pipelines.tensorflow_logs import import_tensorflow  # noqa: E402
+
+import_tensorflow()  # before anything else imports TensorFlow: its start-up notices filtered
 import keras  # noqa: E402
 import keras_nlp  # noqa: E402
 import numpy as np  # noqa: E402

@@ -37,6 +37,7 @@ from keras_transformer_edge.runtime.steps import (
     cache_length,
     teacher_forced_logits,
 )
+from keras_transformer_pipelines.tensorflow_logs import converter_output_filtered
 
 Samples = dict[str, list[dict[str, np.ndarray]]]  # signature name -> its input dicts
 
@@ -230,41 +231,42 @@ def layer_error_report(saved_model: str | Path, samples: Samples) -> list[LayerE
     from keras_transformer_edge.convert import make_converter  # convert imports this module
 
     report = []
-    for signature in samples:
-        own = {signature: samples[signature]}
-        converter = make_converter(saved_model, [signature], "full_int8", own)
-        quantizer = _debugger(converter, samples, signature)
-        # A second debugger over the same instrumented model that keeps every tensor, so that
-        # float and quantized outputs can be compared directly (relative error).
-        debugger = tf.lite.experimental.QuantizationDebugger(
-            quant_debug_model_content=quantizer.quant_model,
-            debug_dataset=private_api.debugger_samples(quantizer),
-            debug_options=tf.lite.experimental.QuantizationDebugOptions(
-                layer_debug_metrics={"max_abs_error": _max_abs},
-                layer_direct_compare_metrics={
-                    "relative_error": _relative_error,
-                    "rmse_over_scale": _rmse_over_scale,
-                },
-            ),
-        )
-        with warnings.catch_warnings():  # empty tensors' statistics are NaN, and skipped
-            warnings.simplefilter("ignore", RuntimeWarning)
-            debugger.run()
-        with tempfile.TemporaryFile("w+") as dump:
-            debugger.layer_statistics_dump(dump)
-            dump.seek(0)
-            rows = list(csv.DictReader(dump))
-        report += [
-            LayerError(
-                signature=signature,
-                tensor=row["tensor_name"],
-                relative_error=_number(row["relative_error"]),
-                rmse_over_scale=_number(row["rmse_over_scale"]),
-                max_abs_error=_number(row["max_abs_error"]),
+    with converter_output_filtered():  # the converter's notices, not a user's concern
+        for signature in samples:
+            own = {signature: samples[signature]}
+            converter = make_converter(saved_model, [signature], "full_int8", own)
+            quantizer = _debugger(converter, samples, signature)
+            # A second debugger over the same instrumented model that keeps every tensor, so that
+            # float and quantized outputs can be compared directly (relative error).
+            debugger = tf.lite.experimental.QuantizationDebugger(
+                quant_debug_model_content=quantizer.quant_model,
+                debug_dataset=private_api.debugger_samples(quantizer),
+                debug_options=tf.lite.experimental.QuantizationDebugOptions(
+                    layer_debug_metrics={"max_abs_error": _max_abs},
+                    layer_direct_compare_metrics={
+                        "relative_error": _relative_error,
+                        "rmse_over_scale": _rmse_over_scale,
+                    },
+                ),
             )
-            for row in rows
-            if _number(row["num_elements"])  # ops with empty outputs lose nothing
-        ]
+            with warnings.catch_warnings():  # empty tensors' statistics are NaN, and skipped
+                warnings.simplefilter("ignore", RuntimeWarning)
+                debugger.run()
+            with tempfile.TemporaryFile("w+") as dump:
+                debugger.layer_statistics_dump(dump)
+                dump.seek(0)
+                rows = list(csv.DictReader(dump))
+            report += [
+                LayerError(
+                    signature=signature,
+                    tensor=row["tensor_name"],
+                    relative_error=_number(row["relative_error"]),
+                    rmse_over_scale=_number(row["rmse_over_scale"]),
+                    max_abs_error=_number(row["max_abs_error"]),
+                )
+                for row in rows
+                if _number(row["num_elements"])  # ops with empty outputs lose nothing
+            ]
     return sorted(report, key=lambda layer: -layer.relative_error)
 
 

@@ -54,6 +54,7 @@ from keras_transformer_edge.runtime.signatures import (
     bucket_name,
     layer_name,
 )
+from keras_transformer_pipelines.tensorflow_logs import converter_output_filtered
 
 Endpoints = dict[str, tuple[Callable, list[tf.TensorSpec]]]
 # The modes the TFLite converter produces (modes.py defines every mode).
@@ -226,7 +227,8 @@ def export_saved_model(model: keras.Model, endpoints: Endpoints, directory: str 
     for name, (function, signature) in endpoints.items():
         archive.add_endpoint(name, function, input_signature=signature)
     shutil.rmtree(directory, ignore_errors=True)
-    archive.write_out(str(directory), verbose=False)
+    with converter_output_filtered():
+        archive.write_out(str(directory), verbose=False)
     return directory
 
 
@@ -298,7 +300,7 @@ def convert_saved_model(
     if float_fallback and mode != "full_int8":
         raise ConversionError(f"float_fallback applies to full_int8 only, not {mode!r}")
     try:
-        with _one_line_errors():
+        with _one_line_errors(), converter_output_filtered():
             if float_fallback:
                 flatbuffer = quantize_with_fallback(converter, samples, float_fallback)
             else:

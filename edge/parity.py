@@ -11,6 +11,7 @@ classification and tagging: accuracy against the labels). A result outside the m
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import asdict
 
@@ -76,10 +77,19 @@ def _device_greedy(model: LiteModel, source, max_length: int, special: dict) -> 
     return outputs
 
 
+# One traced greedy search per model and length: the main job gates five modes of one model,
+# and a new tf.function per call would retrace every time (and TF warns after five).
+_greedy_functions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _keras_greedy(model, source: np.ndarray, max_length: int, special: dict) -> list[list[int]]:
     from keras_transformer_pipelines.decoding import translate_ids
 
-    tokens = tf.function(lambda ids: translate_ids(model, ids, max_length))(tf.constant(source))
+    functions = _greedy_functions.setdefault(model, {})
+    if max_length not in functions:
+        held = weakref.ref(model)  # a strong reference here would keep the key alive
+        functions[max_length] = tf.function(lambda ids: translate_ids(held(), ids, max_length))
+    tokens = functions[max_length](tf.constant(source))
     left_out = (special["pad"], special["end"])
     return [[int(t) for t in row if t not in left_out] for row in tokens.numpy()]
 

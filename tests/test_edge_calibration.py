@@ -174,11 +174,18 @@ def test_language_model_parity_runs_prefill_and_decode(rng):
     assert report["metric"] == "next_token_accuracy"
 
 
-def test_full_int8_with_bounded_scores_passes_the_gate(reversal_export):
+def test_full_int8_with_bounded_scores_passes_the_gate(reversal_export, capfd):
     model, endpoints, *_ = reversal_export
     inputs, _ = _batch(seed=6)
+    capfd.readouterr()
     flatbuffer = convert(model, endpoints, "full_int8", calibration=[inputs])
+    # TFLite's quantizer prints "fully_quantize: 0, inference_type: 6, ..." to stdout.
+    assert "fully_quantize" not in capfd.readouterr().out
     report = _seq2seq_gate(model, flatbuffer, "full_int8")
+    # Gating again reuses the traced Keras greedy search instead of tracing a new one.
+    _seq2seq_gate(model, flatbuffer, "full_int8")
+    (greedy,) = parity._greedy_functions[model].values()
+    assert greedy.experimental_get_tracing_count() == 1
     assert report["top1_agreement"] >= 0.98 and report["metric_drop"] <= 1.0
     # The model itself is left as it was: no quantization points stay attached.
     assert all(
