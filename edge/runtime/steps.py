@@ -86,24 +86,36 @@ def _tokens_in(ids: np.ndarray) -> int:
     return int(nonzero[-1]) + 1 if nonzero.size else 1
 
 
-def encode_source(runner: Runner, source_ids: np.ndarray, bucketed: bool = True) -> dict:
+def encode_source(
+    runner: Runner, source_ids: np.ndarray, bucketed: bool = True, padded: bool = True
+) -> dict:
     """``encode`` of one padded source ``[1, S]``, through the shortest length bucket that
     holds its tokens (``encode_N``: an N-position encoder), its outputs zero-padded back to
     ``S`` positions. The padding is masked out (``source_mask`` False) exactly as the full
     encode's padded positions are, so every decode step is the same; only the encoder's cost
-    follows the sentence's length (a 10-token sentence runs 16 positions, not 64)."""
+    follows the sentence's length (a 10-token sentence runs 16 positions, not 64).
+    ``padded=False``: the bucket's outputs as they are (:func:`step_inputs` pads them as it
+    copies them into a step's inputs, saving a copy of the cross-attention cache)."""
     name = shortest_bucket(runner, "encode", _tokens_in(source_ids)) if bucketed else "encode"
     if name == "encode":
         return runner.run("encode", source_ids=source_ids)
     length = runner.input_spec(name, "source_ids")[0][1]
     outputs = runner.run(name, source_ids=np.ascontiguousarray(source_ids[:, :length]))
-    missing = runner.input_spec("encode", "source_ids")[0][1] - length
-    return {
-        key: np.pad(
-            value, [(0, missing if axis == SOURCE_AXES[key] else 0) for axis in range(value.ndim)]
-        )
-        for key, value in outputs.items()
-    }
+    if not padded:
+        return outputs
+    full = runner.input_spec("encode", "source_ids")[0][1]
+    return {key: _zero_padded(value, SOURCE_AXES[key], full) for key, value in outputs.items()}
+
+
+def _zero_padded(value: np.ndarray, axis: int, length: int, shape=None) -> np.ndarray:
+    """``value`` in a zero array of ``shape`` (default: ``value``'s with ``length`` along
+    ``axis``), at the start of ``axis``. np.pad does the same with ten times the overhead,
+    which counts at a first token's 1 ms."""
+    if shape is None:
+        shape = value.shape[:axis] + (length,) + value.shape[axis + 1 :]
+    out = np.zeros(shape, value.dtype)
+    out[(slice(None),) * axis + (slice(0, value.shape[axis]),)] = value
+    return out
 
 
 def _has_input(runner: Runner, signature: str, name: str) -> bool:
@@ -138,22 +150,33 @@ def _layers(runner: Runner, signature: str) -> int:
 def step_inputs(runner: Runner, signature: str, encoded: dict) -> tuple[dict, dict]:
     """``(fixed, carried)`` inputs of a seq2seq step signature for ``encoded`` (``encode``'s
     outputs, one row per signature row): what stays the same every step (the source), and the
-    cache the steps carry, zero at first."""
-    fixed = {"source_mask": encoded["source_mask"]}
-    cross = encoded["cross_attention_cache"]  # [rows, L, 2, H, S, D]
+    cache the steps carry, zero at first (read-only zeros: :class:`_CarriedStep` writes them
+    into a bound interpreter's own inputs, or copies them where it keeps the cache itself)."""
+    source = runner.input_spec(signature, "source_mask")[0][1]
+    fixed = {"source_mask": _zero_padded(encoded["source_mask"], 1, source)}
+    cross = encoded["cross_attention_cache"]  # [rows, L, 2, H, S or a bucket's length, D]
     if not split_cache(runner, signature):
-        fixed["cross_attention_cache"] = cross
-        return fixed, {"cache": np.zeros(runner.input_spec(signature, "cache")[0], np.float32)}
+        fixed["cross_attention_cache"] = _zero_padded(
+            cross, SOURCE_AXES["cross_attention_cache"], source
+        )
+        return fixed, {"cache": _zeros(runner.input_spec(signature, "cache")[0])}
     carried = {}
     for layer in range(_layers(runner, signature)):
         keys, values, cross_keys, cross_values = (
             layer_name(template, layer) for template in SPLIT_CACHE
         )
-        fixed[cross_keys] = np.ascontiguousarray(cross[:, layer, 0])
-        fixed[cross_values] = np.ascontiguousarray(cross[:, layer, 1].swapaxes(-1, -2))
+        # [rows, H, S, D] and [rows, H, D, S]: padded to S as they are copied.
+        fixed[cross_keys] = _zero_padded(cross[:, layer, 0], 2, source)
+        fixed[cross_values] = _zero_padded(cross[:, layer, 1].swapaxes(-1, -2), 3, source)
         for name in (keys, values):
-            carried[name] = np.zeros(runner.input_spec(signature, name)[0], np.float32)
+            carried[name] = _zeros(runner.input_spec(signature, name)[0])
     return fixed, carried
+
+
+def _zeros(shape) -> np.ndarray:
+    """Read-only float32 zeros of ``shape`` that allocate nothing (a first token is about 1 ms,
+    and a dozen fresh cache arrays were a tenth of it)."""
+    return np.broadcast_to(np.float32(0), shape)
 
 
 class _CarriedStep:
@@ -173,8 +196,12 @@ class _CarriedStep:
         self.position_shape, _ = runner.input_spec(signature, "index")  # [1]; [] in format 1
         binder = getattr(runner, "bind", None) if bind else None
         self.bound = binder(signature, {**fixed, **carried}) if binder is not None else None
-        # The carried arrays: the interpreter's own input tensors when bound.
-        self.state = {name: self.bound.inputs[name] for name in carried} if self.bound else carried
+        # The carried arrays: the interpreter's own input tensors when bound, else copies.
+        self.state = (
+            {name: self.bound.inputs[name] for name in carried}
+            if self.bound
+            else {name: np.array(value) for name, value in carried.items()}
+        )
         if self.bound is not None:
             self._token, self._index = self.bound.inputs["token"], self.bound.inputs["index"]
         # Format 4: per layer, the keys and values a step's new entries are written into.
@@ -243,12 +270,12 @@ class Seq2SeqSteps:
         self, runner: Runner, source_ids: np.ndarray, rows: int = 1, bucketed: bool = True
     ) -> None:
         self.runner, self.rows = runner, rows
-        encoded = encode_source(runner, source_ids, bucketed)
+        encoded = encode_source(runner, source_ids, bucketed, padded=False)
         beam_rows = _beam_rows(runner) if rows > 1 else None
         if rows == 1 or beam_rows == rows:
             signature = "decode" if rows == 1 else "decode_beam"
-            # Every beam reads the same source.
-            encoded = {name: np.repeat(value, rows, axis=0) for name, value in encoded.items()}
+            if rows > 1:  # every beam reads the same source
+                encoded = {name: np.repeat(value, rows, axis=0) for name, value in encoded.items()}
             self.steps = [_CarriedStep(runner, signature, *step_inputs(runner, signature, encoded))]
         else:  # no signature of this many rows: one decode per row, each with its own cache
             self.steps = [
