@@ -10,7 +10,7 @@ attribute Truncate`` error line is logged when grappler folds a ``Cast`` into an
 that keeps the attribute (the converter ignores it, as the line says).
 
 ``import_tensorflow()`` imports TensorFlow and lists its devices inside
-``native_stderr_filtered()``, which points file descriptor 2 (where C++ writes) at a temporary
+``native_output_filtered(2)``, which points file descriptor 2 (where C++ writes) at a temporary
 file, then writes back every line that is not one of these known notices: a real error still
 reaches the terminal.
 ``native_output_filtered(1)`` does the same for stdout, around the converter.
@@ -81,11 +81,6 @@ def native_output_filtered(fd: int = 2) -> Iterator[None]:
                 print("\n".join(kept), file=stream, flush=True)
 
 
-def native_stderr_filtered() -> contextlib.AbstractContextManager[None]:
-    """:func:`native_output_filtered` on stderr."""
-    return native_output_filtered(2)
-
-
 @contextlib.contextmanager
 def converter_output_filtered() -> Iterator[None]:
     """Around TFLite's converter and its ``QuantizationDebugger``: the known notices on stdout
@@ -110,7 +105,7 @@ def import_tensorflow() -> None:
     if "tensorflow" in sys.modules:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's later INFO/WARNING lines
-    with native_stderr_filtered():
+    with native_output_filtered(2):
         import tensorflow as tf
 
         tf.config.list_physical_devices()
