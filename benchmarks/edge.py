@@ -158,7 +158,9 @@ def batch_translation(
     """Sentences/s of greedy translation one sentence at a time and in ``decode_batch``
     batches of ``rows`` (``Translator.translate_many``), one ``mode`` bundle made with that
     signature, the same sentences; ``same_outputs``: share of translations that are identical
-    (each row is its sentence decoded alone)."""
+    (each row is its sentence decoded alone). ``ctranslate2``: the peer's own batch-1 and
+    batch-``rows`` figures on the same sentences, int8, its end token and our length limit
+    (whether batching pays on this CPU is a property of the kernels as much as of the CPU)."""
     bundle = bundle_from_run(run, work_dir / f"{mode}-batch{rows}", mode, batch_rows=rows)
     translator = Translator.from_bundle(bundle, num_threads=threads)
     translator.translate_many(sources[:8], beam_size=1)  # warm-up
@@ -176,6 +178,32 @@ def batch_translation(
         "batched_sentences_per_s": round(len(sources) / in_batches, 1),
         "ratio": round(one_at_a_time / in_batches, 2),
         "same_outputs": round(float(np.mean([a == b for a, b in zip(alone, batched)])), 4),
+        "ctranslate2": ctranslate2_batches(run, translator, sources, threads, rows),
+    }
+
+
+def ctranslate2_batches(
+    run: Path, translator: Translator, sources: list[str], threads: int, rows: int
+) -> dict:
+    """CTranslate2 int8 on the run's weights: sentences/s at batch 1 and ``rows``."""
+    model, _ = translation_recipe.load_trained(run, "model")
+    problem = peer_ctranslate2.mismatch(model)
+    if problem:
+        return {"error": problem}
+    ids = [list(translator.source_ids(sentence)) for sentence in sources]
+    special = {"start": translator.start_id, "end": translator.end_id, "unknown": translator.unk_id}
+    with tempfile.TemporaryDirectory() as scratch:
+        engine = peer_ctranslate2.translator(
+            peer_ctranslate2.build(model, Path(scratch) / "ct2", special, "int8"), "int8", threads
+        )
+        limit = translator.max_length  # ours: tokens up to and including the end token
+        peer_ctranslate2.translate_all(engine, ids[:8], limit, rows)  # warm-up
+        alone, _ = peer_ctranslate2.translate_all(engine, ids, limit)
+        batched, _ = peer_ctranslate2.translate_all(engine, ids, limit, rows)
+    return {
+        "batch_1_sentences_per_s": round(len(ids) / alone, 1),
+        "batched_sentences_per_s": round(len(ids) / batched, 1),
+        "ratio": round(alone / batched, 2),
     }
 
 

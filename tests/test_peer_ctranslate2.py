@@ -95,3 +95,18 @@ def test_models_ctranslate2_cannot_hold_are_refused(settings, named, tmp_path):
     assert named in peer_ctranslate2.mismatch(model)
     with pytest.raises(ValueError, match=named):
         peer_ctranslate2.build(model, tmp_path / "ct2", SPECIAL)
+
+
+def test_ctranslate2_batches_translate_each_sentence_as_alone(tmp_path):
+    """The batch peer of benchmarks/edge.py: in batches (sorted by length inside, returned in
+    order) each sentence gets the tokens it gets alone, within the length limit."""
+    model = _model(normalize_first=True, tie_output_embeddings=True)
+    engine = peer_ctranslate2.translator(
+        peer_ctranslate2.build(model, tmp_path / "f32", SPECIAL, "float32"), "float32"
+    )
+    rng = np.random.default_rng(1)
+    sources = [rng.integers(4, 50, int(n)).tolist() for n in (3, 11, 6, 14, 2, 9, 5)]
+    _, alone = peer_ctranslate2.translate_all(engine, sources, max_length=7)
+    _, batched = peer_ctranslate2.translate_all(engine, sources, max_length=7, batch_rows=3)
+    assert batched == alone
+    assert all(1 <= len(tokens) <= 7 for tokens in alone)

@@ -167,3 +167,24 @@ def forced(engine, source_ids: list[int], new_tokens: int) -> tuple[float, list[
     )
     seconds = time.perf_counter() - began
     return seconds, [int(token) for token in result[0].hypotheses[0]]
+
+
+def translate_all(
+    engine, sources: list[list[int]], max_length: int, batch_rows: int = 1
+) -> tuple[float, list[list[int]]]:
+    """Seconds for greedy translations of every source (each until its end token or
+    ``max_length`` tokens), ``batch_rows`` sentences per ``translate_batch`` call the way its
+    docs batch a document (``max_batch_size``, which sorts by length first); and the tokens."""
+    tokens = [[str(i) for i in source] for source in sources]
+    began = time.perf_counter()
+    if batch_rows == 1:
+        results = [
+            engine.translate_batch([one], beam_size=1, max_decoding_length=max_length)[0]
+            for one in tokens
+        ]
+    else:
+        results = engine.translate_batch(
+            tokens, beam_size=1, max_decoding_length=max_length, max_batch_size=batch_rows
+        )
+    seconds = time.perf_counter() - began
+    return seconds, [[int(token) for token in result.hypotheses[0]] for result in results]
