@@ -82,13 +82,26 @@ def _device_greedy(model: LiteModel, source, max_length: int, special: dict) -> 
 _greedy_functions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _keras_greedy(model, source: np.ndarray, max_length: int, special: dict) -> list[list[int]]:
-    from keras_transformer_pipelines.decoding import translate_ids
+class _GreedySearch:
+    """``translate_ids`` of one model as a callable object, not a closure: TF counts the
+    traces of every tf.function made from one code object together, so the closures of five
+    models loaded one after another (the main job's modes) read to it as one function traced
+    five times, and it warns about retracing."""
 
+    def __init__(self, model, max_length: int) -> None:
+        self.model = weakref.ref(model)  # a strong reference would keep the cache's key alive
+        self.max_length = max_length
+
+    def __call__(self, ids):
+        from keras_transformer_pipelines.decoding import translate_ids
+
+        return translate_ids(self.model(), ids, self.max_length)
+
+
+def _keras_greedy(model, source: np.ndarray, max_length: int, special: dict) -> list[list[int]]:
     functions = _greedy_functions.setdefault(model, {})
     if max_length not in functions:
-        held = weakref.ref(model)  # a strong reference here would keep the key alive
-        functions[max_length] = tf.function(lambda ids: translate_ids(held(), ids, max_length))
+        functions[max_length] = tf.function(_GreedySearch(model, max_length))
     tokens = functions[max_length](tf.constant(source))
     left_out = (special["pad"], special["end"])
     return [[int(t) for t in row if t not in left_out] for row in tokens.numpy()]

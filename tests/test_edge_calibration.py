@@ -9,6 +9,7 @@ pytest.importorskip("ai_edge_litert.interpreter")
 from tensorflow.lite.python import schema_py_generated as schema  # noqa: E402
 
 from keras_transformer.models import (  # noqa: E402
+    Seq2SeqTransformer,
     SequenceClassifier,
     TokenClassifier,
     TransformerLanguageModel,
@@ -228,3 +229,25 @@ def test_language_models_and_classifiers_convert_in_every_mode(mode, rng):
         labels = rng.integers(0, 3, (32,) if signature == "classify" else (32, 12))
         report = parity.classifier_parity(classifier, flatbuffer, (tokens, labels), signature)
         assert report["top1_agreement"] >= minimum, (signature, report)
+
+
+def test_gating_many_models_does_not_warn_of_retracing(rng):
+    """The main job loads its model once per mode; each gate traces its own greedy search,
+    and TF, counting traces by code object, warned of retracing at the fifth."""
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    tf_logger = logging.getLogger("tensorflow")
+    tf_logger.addHandler(handler)
+    source = rng.integers(3, 20, (2, 8)).astype("int32")
+    special = {"pad": 0, "start": 1, "end": 2}
+    try:
+        for _ in range(6):
+            model = Seq2SeqTransformer(20, 20, 8, 8, **SMALL)
+            model.ensure_built()
+            assert len(parity._keras_greedy(model, source, 4, special)) == 2
+    finally:
+        tf_logger.removeHandler(handler)
+    assert not [r for r in records if "retracing" in r.getMessage()], records
