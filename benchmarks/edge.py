@@ -91,6 +91,14 @@ def held_out(run: Path, count: int) -> list[tuple[str, str]]:
     return pairs[:count]
 
 
+def ctranslate2_int8(model, translator: Translator, directory: Path, threads: int):
+    """CTranslate2's int8 translator holding ``model``'s weights, with the bundle's special ids."""
+    special = {"start": translator.start_id, "end": translator.end_id, "unknown": translator.unk_id}
+    return peer_ctranslate2.translator(
+        peer_ctranslate2.build(model, directory, special, "int8"), "int8", threads
+    )
+
+
 def versus_ctranslate2(
     model, bundle: Path, translator: Translator, sources: list[str], rounds: int, threads: int
 ) -> dict:
@@ -108,11 +116,8 @@ def versus_ctranslate2(
         return {"error": problem}
     lite = LiteModel(bundle / "model.tflite", threads)
     ids = [translator.source_ids(sentence) for sentence in sources]
-    special = {"start": translator.start_id, "end": translator.end_id, "unknown": translator.unk_id}
     with tempfile.TemporaryDirectory() as scratch:
-        engine = peer_ctranslate2.translator(
-            peer_ctranslate2.build(model, Path(scratch) / "ct2", special, "int8"), "int8", threads
-        )
+        engine = ctranslate2_int8(model, translator, Path(scratch) / "ct2", threads)
         padded = [cached_decoding.padded(source, model.encoder_sequence_length) for source in ids]
         ours, peer, ours_first, peer_first, agree = [], [], [], [], []
         for round_index in range(rounds + 1):  # round 0 warms both up
@@ -153,7 +158,7 @@ def versus_ctranslate2(
 
 
 def batch_translation(
-    run: Path, mode: str, work_dir: Path, sources: list[str], threads: int, rows: int = 8
+    run: Path, model, mode: str, work_dir: Path, sources: list[str], threads: int, rows: int = 8
 ) -> dict:
     """Sentences/s of greedy translation one sentence at a time and in ``decode_batch``
     batches of ``rows`` (``Translator.translate_many``), one ``mode`` bundle made with that
@@ -178,24 +183,20 @@ def batch_translation(
         "batched_sentences_per_s": round(len(sources) / in_batches, 1),
         "ratio": round(one_at_a_time / in_batches, 2),
         "same_outputs": round(float(np.mean([a == b for a, b in zip(alone, batched)])), 4),
-        "ctranslate2": ctranslate2_batches(run, translator, sources, threads, rows),
+        "ctranslate2": ctranslate2_batches(model, translator, sources, threads, rows),
     }
 
 
 def ctranslate2_batches(
-    run: Path, translator: Translator, sources: list[str], threads: int, rows: int
+    model, translator: Translator, sources: list[str], threads: int, rows: int
 ) -> dict:
-    """CTranslate2 int8 on the run's weights: sentences/s at batch 1 and ``rows``."""
-    model, _ = translation_recipe.load_trained(run, "model")
+    """CTranslate2 int8 on ``model``'s weights: sentences/s at batch 1 and ``rows``."""
     problem = peer_ctranslate2.mismatch(model)
     if problem:
         return {"error": problem}
     ids = [list(translator.source_ids(sentence)) for sentence in sources]
-    special = {"start": translator.start_id, "end": translator.end_id, "unknown": translator.unk_id}
     with tempfile.TemporaryDirectory() as scratch:
-        engine = peer_ctranslate2.translator(
-            peer_ctranslate2.build(model, Path(scratch) / "ct2", special, "int8"), "int8", threads
-        )
+        engine = ctranslate2_int8(model, translator, Path(scratch) / "ct2", threads)
         limit = translator.max_length  # ours: tokens up to and including the end token
         peer_ctranslate2.translate_all(engine, ids[:8], limit, rows)  # warm-up
         alone, _ = peer_ctranslate2.translate_all(engine, ids, limit)
@@ -312,7 +313,7 @@ def main() -> None:
     shipped = student_shipping(args.run, args, sources, references, keras_bleu) or shipping(modes)
     print(f"shipping: {shipped}", flush=True)
     batch = batch_translation(
-        run, shipped["mode"] if shipped else first, args.work_dir, sources, args.threads
+        run, model, shipped["mode"] if shipped else first, args.work_dir, sources, args.threads
     )
     print(f"batch translation: {batch}", flush=True)
     # The headline compares like with like: the float model against Keras float; the int8
