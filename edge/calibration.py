@@ -30,11 +30,11 @@ from keras_transformer.layers.quantization_points import bounded_scores
 from keras_transformer_edge import private_api
 from keras_transformer_edge.runners import lite_model
 from keras_transformer_edge.runtime.signatures import bucket_name, buckets
+from keras_transformer_edge.runtime.step_caches import cache_length, resized_step_input
 from keras_transformer_edge.runtime.steps import (
     LanguageModelSteps,
     Recording,
     Seq2SeqSteps,
-    cache_length,
     teacher_forced_logits,
 )
 from keras_transformer_pipelines.tensorflow_logs import converter_output_filtered
@@ -111,7 +111,24 @@ def seq2seq_samples(float_flatbuffer: bytes, batches: Iterable, limit: int = 64)
                 for step in samples["decode"]
             ]
         _bucket_samples(model, samples, "encode", "source_ids")
+        for signature in ("decode", "decode_beam", "decode_batch"):
+            if signature in model.signatures:
+                _decode_bucket_samples(model, samples, signature)
     return samples
+
+
+def _decode_bucket_samples(model, samples: Samples, signature: str) -> None:
+    """Samples for each ``{signature}_{N}``: the full step's at positions below N, every
+    source and cache input cut to N positions; from the sources that fit in N, or all of
+    them when none does (each bucket meets the steps of its own sentences)."""
+    for length in buckets(model.signatures, signature):
+        early = [sample for sample in samples[signature] if int(sample["index"].max()) < length]
+        fitting = [sample for sample in early if not sample["source_mask"][:, length:].any()]
+        lengths = {"source": length, "target": length}
+        samples[bucket_name(signature, length)] = [
+            {name: resized_step_input(name, value, lengths) for name, value in sample.items()}
+            for sample in fitting or early
+        ]
 
 
 def _bucket_samples(model, samples: Samples, signature: str, name: str) -> None:

@@ -81,12 +81,22 @@ def length_buckets(length: int) -> tuple[int, ...]:
     return tuple(n for n in (8, 16, 32, 64, 128, 256) if n < length)
 
 
+def decode_length_buckets(source: int, target: int) -> tuple[int, ...]:
+    """The lengths a seq2seq decode step is also exported at (``decode_N``): the length
+    buckets under both lengths, from 16 (or half the length, for a shorter model). A step
+    reads N source and N cache positions; a translation moves on to the next bucket as it
+    reaches N tokens, and one of 8 would move after 8 tokens, which most do."""
+    shorter = min(source, target)
+    return tuple(n for n in length_buckets(shorter) if n >= min(16, shorter // 2))
+
+
 def seq2seq_endpoints(
     model: Seq2SeqTransformer,
     batch_size: int = 1,
     beam_size: int = 1,
     encode_lengths: Sequence[int] = (),
     batch_rows: int = 1,
+    decode_lengths: Sequence[int] = (),
 ) -> Endpoints:
     """``encode`` and ``decode`` signatures with static shapes for ``batch_size`` rows.
 
@@ -94,7 +104,9 @@ def seq2seq_endpoints(
     so the host's beam search advances every beam in one call (weights shared in the file).
     ``encode_lengths``: also ``encode_N`` for each shorter source length N (the runtime encodes
     a sentence with the shortest that holds it). ``batch_rows > 1``: a ``decode_batch``
-    signature of that many rows, one sentence each (batch translation).
+    signature of that many rows, one sentence each (batch translation). ``decode_lengths``:
+    each step signature also at ``{name}_N`` for sources of at most N tokens and the first N
+    target positions (``runtime/signatures.py``).
     """
     model.ensure_built()
     source = tf.TensorSpec((batch_size, model.encoder_sequence_length), tf.int32)
@@ -104,6 +116,12 @@ def seq2seq_endpoints(
         if not 1 <= length < source.shape[1]:
             raise ConversionError(
                 f"encode length bucket {length} must be in [1, {source.shape[1]})"
+            )
+    for length in decode_lengths:
+        if not 1 <= length < min(source.shape[1], model.decoder_sequence_length):
+            raise ConversionError(
+                f"decode length bucket {length} must be in [1, "
+                f"{min(source.shape[1], model.decoder_sequence_length)})"
             )
     layers = model.num_decoder_layers
     attention = model.decoder.layers[0].self_attention
@@ -129,8 +147,10 @@ def seq2seq_endpoints(
 
     decode = _with_arguments(decode, ["token", "index", "source_mask", *cache_names])
 
-    def decode_signature(rows: int) -> list[tf.TensorSpec]:
+    def decode_signature(rows: int, length: int | None = None) -> list[tf.TensorSpec]:
         dims = {**sizes, "rows": rows}
+        if length is not None:  # a length bucket: N source and N target positions
+            dims.update(source=length, target=length)
         caches = [
             tf.TensorSpec([dims[dim] for dim in SPLIT_CACHE[template][1]], tf.float32)
             for _ in range(layers)
@@ -139,18 +159,23 @@ def seq2seq_endpoints(
         return [
             tf.TensorSpec((rows, 1), tf.int32),
             POSITION,
-            tf.TensorSpec((rows, source.shape[1]), tf.bool),
+            tf.TensorSpec((rows, dims["source"]), tf.bool),
             *caches,
         ]
 
-    endpoints = {"encode": (encode, [source]), "decode": (decode, decode_signature(batch_size))}
+    endpoints = {"encode": (encode, [source])}
     for length in sorted(set(encode_lengths)):
         shorter = tf.TensorSpec((batch_size, length), tf.int32)
         endpoints[bucket_name("encode", length)] = (encode, [shorter])
+    steps = {"decode": batch_size}
     if beam_size > 1:
-        endpoints["decode_beam"] = (decode, decode_signature(batch_size * beam_size))
+        steps["decode_beam"] = batch_size * beam_size
     if batch_rows > 1:
-        endpoints["decode_batch"] = (decode, decode_signature(batch_size * batch_rows))
+        steps["decode_batch"] = batch_size * batch_rows
+    for name, rows in steps.items():
+        endpoints[name] = (decode, decode_signature(rows))
+        for length in sorted(set(decode_lengths)):
+            endpoints[bucket_name(name, length)] = (decode, decode_signature(rows, length))
     return endpoints
 
 

@@ -64,6 +64,7 @@ def load_run(
     from keras_transformer_edge.bundle import sentencepiece_model
     from keras_transformer_edge.convert import (
         classifier_endpoints,
+        decode_length_buckets,
         language_model_endpoints,
         length_buckets,
         seq2seq_endpoints,
@@ -95,6 +96,9 @@ def load_run(
                 beam_size=beam_size,
                 encode_lengths=length_buckets(model.encoder_sequence_length),
                 batch_rows=batch_rows,
+                decode_lengths=decode_length_buckets(
+                    model.encoder_sequence_length, model.decoder_sequence_length
+                ),
             ),
             lengths={
                 "source": model.encoder_sequence_length,

@@ -146,9 +146,11 @@ def test_bundle_round_trip_and_manifest(seq2seq_bundle, run_dir):
     assert set(manifest["signatures"]) == {
         "encode",
         "encode_8",
-        "decode",
-        "decode_beam",
-        "decode_batch",
+        *(
+            f"{step}{bucket}"
+            for step in ("decode", "decode_beam", "decode_batch")
+            for bucket in ("", "_8")
+        ),
     }
     decode = manifest["signatures"]["decode_beam"]
     assert decode["inputs"]["token"] == {"shape": [3, 1], "dtype": "int32"}
@@ -775,7 +777,7 @@ def test_every_bundle_kind_follows_the_format_spec(seq2seq_bundle, single_sequen
     kinds = set()
     for path in paths:
         bundle = load_bundle(path)  # which checks the manifest's signatures against the spec
-        assert bundle.manifest["format_version"] == 4
+        assert bundle.manifest["format_version"] == 5
         kinds.add(bundle.kind)
         found = LiteModel(bundle.model_path, xnnpack=False).signatures
         assert found == bundle.manifest["signatures"]
@@ -810,7 +812,7 @@ def test_a_manifest_that_contradicts_its_model_or_itself_is_refused(seq2seq_bund
         return change
 
     index = ("signatures", "decode", "inputs", "index", "shape")
-    assert "expected [1] in format version 4" in refused(set_in(*index, value=[]))
+    assert "expected [1] in format version 5" in refused(set_in(*index, value=[]))
     assert "target is" in refused(set_in("max_lengths", "target", value=LENGTH + 1))
     assert "vocabulary is 400 here but 999" in refused(set_in("vocabulary_size", value=999))
     assert "outside the vocabulary" in refused(set_in("special_tokens", "end", value=VOCABULARY))
@@ -828,14 +830,19 @@ def test_a_manifest_that_contradicts_its_model_or_itself_is_refused(seq2seq_bund
     version1 = tmp_path / "version1"
     _copy(seq2seq_bundle, version1)
     assert "need format version 3, not 1" in refused(set_in("format_version", value=1))
-    _rewrite_manifest(
-        version1,
-        lambda manifest: [manifest["signatures"].pop(n) for n in ("decode_batch", "encode_8")],
-    )
+    assert "need format version 5, not 4" in refused(set_in("format_version", value=4))
+    newer = ("decode_batch", "encode_8", "decode_8", "decode_beam_8", "decode_batch_8")
+    _rewrite_manifest(version1, lambda manifest: [manifest["signatures"].pop(n) for n in newer])
+
     # Before format version 4, decode carried one packed cache.
-    assert "expected ['cache', 'cross_attention_cache'" in refused(
-        set_in("format_version", value=3)
-    )
+    def version_3(manifest):
+        [
+            manifest["signatures"].pop(f"{step}_8")
+            for step in ("decode", "decode_beam", "decode_batch")
+        ]
+        manifest["format_version"] = 3
+
+    assert "expected ['cache', 'cross_attention_cache'" in refused(version_3)
     _rewrite_manifest(version1, _packed_decode)
     _rewrite_manifest(version1, set_in(*index, value=[]))
     _rewrite_manifest(version1, set_in("signatures", "decode_beam", *index[2:], value=[]))

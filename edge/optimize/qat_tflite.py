@@ -18,11 +18,11 @@ from keras_transformer_edge.convert import ConversionError, check_builtin_ops
 from keras_transformer_edge.optimize.checks import _batches, _check_int, _check_tf_keras_model
 from keras_transformer_edge.optimize.qat import _quantize_wrapper
 from keras_transformer_edge.runners import wrapper_runner
+from keras_transformer_edge.runtime.step_caches import cache_length
 from keras_transformer_edge.runtime.steps import (
     LanguageModelSteps,
     Recording,
     Seq2SeqSteps,
-    cache_length,
     teacher_forced_logits,
 )
 from keras_transformer_edge.tfkeras_bridge import KerasModelLayer, bridge_layer

@@ -21,6 +21,13 @@ be the same wherever it appears in the model (``target`` is also ``max_lengths.t
                      encode_N     (optional, N < source) encode of a source of at most N
                                   tokens: ``source`` is N in all three tensors; the runtime
                                   pads the outputs back to ``source`` (masked out)
+                     decode_N, decode_beam_N, decode_batch_N (optional, N < source and
+                                  N < target; format 5) the step for sources of at most N
+                                  tokens and the first N target positions: ``source`` and
+                                  ``target`` are N in every tensor. A step's attention reads
+                                  N source and N cache positions, not the full lengths; the
+                                  runtime moves a translation to the next longer step (its
+                                  caches zero-padded, masked out) when it reaches N tokens
     language_model   prefill      tokens int32 [1, prefill], cache [1, L, 2, H, context, D]
                                   -> logits float32 [1, prefill, vocabulary], cache
                      decode       token int32 [1, 1], cache, index int32 [1] -> logits, cache
@@ -40,7 +47,8 @@ Values are stored value-major (``[H, D, length]``): TFLite's BATCH_MATMUL then r
 place. Format versions 1 to 3 carried one packed ``cache`` in and out of every step
 (:data:`PACKED_DECODE`); the language model's ``decode`` still does.
 
-Format version 3 added the optional ``decode_batch``, ``encode_N`` and ``prefill_N``.
+Format version 3 added the optional ``decode_batch``, ``encode_N`` and ``prefill_N``; version
+5 the decode length buckets (``decode_N``, ``decode_beam_N``, ``decode_batch_N``).
 Format version 1 exported ``index`` with shape ``[]`` (rank 0): ai-edge-litert's aarch64 build
 (2.1.6 to 2.3.0, at least) crashes when its signature runner resizes a rank-0 input, so version
 2 has no rank-0 input anywhere. The runtime reads every version (it never resizes an input).
@@ -156,12 +164,22 @@ SIGNATURES: dict[str, dict[str, dict[str, dict[str, TensorSpec]]]] = {
 OPTIONAL = {"decode_beam", "decode_batch"}
 # Signatures of several rows: the name of their row count.
 MULTI_ROW = {"decode_beam": "beam", "decode_batch": "batch"}
-# kind -> (signature exported at shorter lengths as ``{signature}_{N}``, its length's name).
-BUCKETED = {"seq2seq": ("encode", "source"), "language_model": ("prefill", "prefill")}
+# The signature each kind has had length buckets of since format version 3.
+BUCKETED_FIRST = {"seq2seq": "encode", "language_model": "prefill"}
+# kind -> signature exported at shorter lengths as ``{signature}_{N}`` -> the names of the
+# sizes that are N in a bucket.
+BUCKETED = {
+    "seq2seq": {
+        "encode": ("source",),
+        **{step: ("source", "target") for step in ("decode", "decode_beam", "decode_batch")},
+    },
+    "language_model": {"prefill": ("prefill",)},
+}
 # The shape of ``index`` in each format version the runtime reads.
-POSITION_SHAPES = {1: (), 2: (1,), 3: (1,), 4: (1,)}
-POSITION_SHAPE = POSITION_SHAPES[4]  # what the converter exports
+POSITION_SHAPES = {1: (), 2: (1,), 3: (1,), 4: (1,), 5: (1,)}
+POSITION_SHAPE = POSITION_SHAPES[5]  # what the converter exports
 SPLIT_CACHE_VERSION = 4  # the first format version whose seq2seq decode reads split caches
+DECODE_BUCKETS_VERSION = 5  # the first format version with decode length buckets
 
 
 def bucket_name(signature: str, length: int) -> str:
@@ -180,6 +198,15 @@ def bucket_length(name: str, signature: str) -> int | None:
 def buckets(names, signature: str) -> list[int]:
     """The bucket lengths of ``signature`` among signature ``names``, shortest first."""
     return sorted(n for name in names if (n := bucket_length(name, signature)) is not None)
+
+
+def bucket_of(kind: str, name: str) -> tuple[str, int] | None:
+    """``(signature, N)`` when ``name`` is a length bucket of one of ``kind``'s signatures."""
+    for signature in BUCKETED.get(kind, {}):
+        length = bucket_length(name, signature)
+        if length is not None:
+            return signature, length
+    return None
 
 
 def expected_signatures(kind: str, format_version: int) -> dict[str, dict]:
@@ -206,7 +233,7 @@ def check_signatures(
     kind: str,
     signatures: Mapping[str, Any],
     sizes: Mapping[str, int],
-    format_version: int = 4,
+    format_version: int = 5,
 ) -> dict[str, int]:
     """Check ``signatures`` (as ``LiteModel.signatures`` reports them) against the contract.
 
@@ -222,35 +249,46 @@ def check_signatures(
     missing = sorted(set(expected) - OPTIONAL - set(signatures))
     if missing:
         raise SignatureMismatch(f"a {kind} model needs the signatures {missing}")
-    bucketed, length_name = BUCKETED.get(kind, ("", ""))
-    lengths = {name: bucket_length(name, bucketed) for name in signatures if bucketed}
-    unknown = sorted(set(signatures) - set(expected) - {n for n, v in lengths.items() if v})
+    lengths = {name: found for name in signatures if (found := bucket_of(kind, name))}
+    unknown = sorted(set(signatures) - set(expected) - set(lengths))
     if unknown:
         raise SignatureMismatch(f"signatures {unknown} are not part of a {kind} bundle")
-    newer = sorted(n for n in signatures if n == "decode_batch" or lengths.get(n))
+    newer = sorted(n for n in signatures if n == "decode_batch" or n in lengths)
     if newer and format_version < 3:
         raise SignatureMismatch(f"signatures {newer} need format version 3, not {format_version}")
+    stepped = sorted(n for n, (parent, _) in lengths.items() if parent != BUCKETED_FIRST.get(kind))
+    if stepped and format_version < DECODE_BUCKETS_VERSION:
+        raise SignatureMismatch(
+            f"signatures {stepped} need format version {DECODE_BUCKETS_VERSION}, "
+            f"not {format_version}"
+        )
     bound = {name: int(value) for name, value in sizes.items()}
+    # The rows of a several-row signature, shared with its length buckets.
+    rows = {name: {} if name in MULTI_ROW else {"rows": 1} for name in expected}
     for name in expected:
         if name in signatures:
-            rows = {} if name in MULTI_ROW else {"rows": 1}
-            _check_signature(name, expected[name], signatures[name], bound, rows, format_version)
-    for name, length in lengths.items():
-        if length is None:
-            continue
-        if length >= bound[length_name]:
-            raise SignatureMismatch(
-                f"signature {name!r}: a bucket must be shorter than {length_name} "
-                f"({bound[length_name]})"
+            _check_signature(
+                name, expected[name], signatures[name], bound, rows[name], format_version
             )
+    for name, (parent, length) in lengths.items():
+        if parent not in signatures:
+            raise SignatureMismatch(
+                f"signature {name!r} is a length bucket of {parent!r}, which the bundle lacks"
+            )
+        shortened = BUCKETED[kind][parent]
+        for size in shortened:
+            if length >= bound[size]:
+                raise SignatureMismatch(
+                    f"signature {name!r}: a bucket must be shorter than {size} ({bound[size]})"
+                )
         shorter = {
             side: {
-                tensor: (dtype, tuple(length if dim == length_name else dim for dim in dims))
+                tensor: (dtype, tuple(length if dim in shortened else dim for dim in dims))
                 for tensor, (dtype, dims) in tensors.items()
             }
-            for side, tensors in expected[bucketed].items()
+            for side, tensors in expected[parent].items()
         }
-        _check_signature(name, shorter, signatures[name], bound, {"rows": 1}, format_version)
+        _check_signature(name, shorter, signatures[name], bound, rows[parent], format_version)
     return bound
 
 

@@ -7,8 +7,10 @@ ONNX session. On a runner:
 
 - :class:`Seq2SeqSteps` encodes one source (through the shortest ``encode_N`` length bucket that
   holds it, :func:`encode_source`), then ``feed(tokens, index)`` runs ``decode`` (or
-  ``decode_beam`` for all beams at once) and carries the cache; ``reorder(rows)`` follows the
-  surviving beams. ``feed``/``reorder`` is the contract of ``search.py``'s greedy and beam search.
+  ``decode_beam`` for all beams at once; each through its shortest ``decode_N`` bucket that
+  holds the source and the position, ``step_caches.BucketedStep``) and carries the cache;
+  ``reorder(rows)`` follows the surviving beams. ``feed``/``reorder`` is the contract of
+  ``search.py``'s greedy and beam search.
 - :class:`BatchSteps` feeds several sentences at once through ``decode_batch``.
 - :class:`LanguageModelSteps` runs ``prefill`` (or its shortest ``prefill_N``) on a prompt
   (longer prompts go on through ``decode``), then ``feed`` one token at a time.
@@ -26,19 +28,12 @@ from typing import Protocol
 
 import numpy as np
 
-from keras_transformer_edge.runtime.signatures import (
-    CACHE_ENTRIES,
-    SELF_KEYS,
-    SELF_VALUES,
-    SPLIT_CACHE,
-    bucket_name,
-    buckets,
-    layer_name,
-    position,
+from keras_transformer_edge.runtime.signatures import bucket_name, buckets, position
+from keras_transformer_edge.runtime.step_caches import (
+    SOURCE_AXES,
+    BucketedStep,
+    zero_padded,
 )
-
-# The source-length axis of each encode output: [rows, L, 2, H, source, D] and [rows, source].
-SOURCE_AXES = {"cross_attention_cache": 4, "source_mask": 1}
 
 
 class Runner(Protocol):
@@ -94,7 +89,7 @@ def encode_source(
     ``S`` positions. The padding is masked out (``source_mask`` False) exactly as the full
     encode's padded positions are, so every decode step is the same; only the encoder's cost
     follows the sentence's length (a 10-token sentence runs 16 positions, not 64).
-    ``padded=False``: the bucket's outputs as they are (:func:`step_inputs` pads them as it
+    ``padded=False``: the bucket's outputs as they are (``step_caches.step_inputs`` pads them as it
     copies them into a step's inputs, saving a copy of the cross-attention cache)."""
     name = shortest_bucket(runner, "encode", _tokens_in(source_ids)) if bucketed else "encode"
     if name == "encode":
@@ -104,143 +99,7 @@ def encode_source(
     if not padded:
         return outputs
     full = runner.input_spec("encode", "source_ids")[0][1]
-    return {key: _zero_padded(value, SOURCE_AXES[key], full) for key, value in outputs.items()}
-
-
-def _zero_padded(value: np.ndarray, axis: int, length: int) -> np.ndarray:
-    """``value`` at the start of a zero array of ``length`` positions along ``axis`` (a
-    contiguous copy). np.pad does the same with ten times the overhead, which counts at a
-    first token's 1 ms."""
-    out = np.zeros(value.shape[:axis] + (length,) + value.shape[axis + 1 :], value.dtype)
-    out[(slice(None),) * axis + (slice(0, value.shape[axis]),)] = value
-    return out
-
-
-def _has_input(runner: Runner, signature: str, name: str) -> bool:
-    try:
-        runner.input_spec(signature, name)
-    except KeyError:
-        return False
-    return True
-
-
-def split_cache(runner: Runner, signature: str = "decode") -> bool:
-    """Whether ``signature`` reads per-layer caches and returns new entries (format 4,
-    ``signatures.py``), not one packed ``cache`` carried in and out."""
-    return not _has_input(runner, signature, "cache")
-
-
-def cache_length(runner: Runner, signature: str = "decode") -> int:
-    """The positions a decode step's cache holds (``target``, or a language model's
-    ``context``)."""
-    if split_cache(runner, signature):
-        return runner.input_spec(signature, layer_name(SELF_KEYS, 0))[0][2]
-    return runner.input_spec(signature, "cache")[0][-2]
-
-
-def _layers(runner: Runner, signature: str) -> int:
-    layers = 0
-    while _has_input(runner, signature, layer_name(SELF_KEYS, layers)):
-        layers += 1
-    return layers
-
-
-def step_inputs(runner: Runner, signature: str, encoded: dict) -> tuple[dict, dict]:
-    """``(fixed, carried)`` inputs of a seq2seq step signature for ``encoded`` (``encode``'s
-    outputs, one row per signature row): what stays the same every step (the source), and the
-    cache the steps carry, zero at first (read-only zeros: :class:`_CarriedStep` writes them
-    into a bound interpreter's own inputs, or copies them where it keeps the cache itself)."""
-    source = runner.input_spec(signature, "source_mask")[0][1]
-    fixed = {"source_mask": _zero_padded(encoded["source_mask"], 1, source)}
-    cross = encoded["cross_attention_cache"]  # [rows, L, 2, H, S or a bucket's length, D]
-    if not split_cache(runner, signature):
-        fixed["cross_attention_cache"] = _zero_padded(
-            cross, SOURCE_AXES["cross_attention_cache"], source
-        )
-        return fixed, {"cache": _zeros(runner.input_spec(signature, "cache")[0])}
-    carried = {}
-    for layer in range(_layers(runner, signature)):
-        keys, values, cross_keys, cross_values = (
-            layer_name(template, layer) for template in SPLIT_CACHE
-        )
-        # [rows, H, S, D] and [rows, H, D, S]: padded to S as they are copied.
-        fixed[cross_keys] = _zero_padded(cross[:, layer, 0], 2, source)
-        fixed[cross_values] = _zero_padded(cross[:, layer, 1].swapaxes(-1, -2), 3, source)
-        for name in (keys, values):
-            carried[name] = _zeros(runner.input_spec(signature, name)[0])
-    return fixed, carried
-
-
-def _zeros(shape) -> np.ndarray:
-    """Read-only float32 zeros of ``shape`` that allocate nothing (a first token is about 1 ms,
-    and a dozen fresh cache arrays were a tenth of it)."""
-    return np.broadcast_to(np.float32(0), shape)
-
-
-class _CarriedStep:
-    """One step signature fed the same fixed inputs every step, its cache carried: bound to a
-    reserved interpreter (``runtime/reserved.py``: fixed inputs written once, the cache kept
-    in the interpreter's own input tensors) when the runner is one and the runtime allows;
-    else every input passed on each call.
-
-    A format-4 step returns the new cache entries and they are written at ``index`` in place;
-    an older step returns its whole packed cache, copied over the carried one.
-    """
-
-    def __init__(
-        self, runner: Runner, signature: str, fixed: dict, carried: dict, bind: bool = True
-    ) -> None:
-        self.runner, self.signature, self.fixed = runner, signature, fixed
-        self.position_shape, _ = runner.input_spec(signature, "index")  # [1]; [] in format 1
-        binder = getattr(runner, "bind", None) if bind else None
-        self.bound = binder(signature, {**fixed, **carried}) if binder is not None else None
-        # The carried arrays: the interpreter's own input tensors when bound, else copies.
-        self.state = (
-            {name: self.bound.inputs[name] for name in carried}
-            if self.bound
-            else {name: np.array(value) for name, value in carried.items()}
-        )
-        if self.bound is not None:
-            self._token, self._index = self.bound.inputs["token"], self.bound.inputs["index"]
-        # Format 4: per layer, the keys and values a step's new entries are written into.
-        self._targets = (
-            []
-            if "cache" in carried
-            else [
-                (self.state[layer_name(SELF_KEYS, n)], self.state[layer_name(SELF_VALUES, n)])
-                for n in range(len(carried) // 2)
-            ]
-        )
-
-    def __call__(self, token: np.ndarray, index: int) -> np.ndarray:
-        """Logits ``[rows, V]`` (a copy) after writing ``token`` ``[rows, 1]`` at ``index``."""
-        if self.bound is not None:
-            # Written straight into the interpreter's inputs: a decode step is about 0.2 ms,
-            # and the checked step() spent 5% of it on checking its own driver's arrays.
-            if token.shape != self._token.shape:
-                raise ValueError(f"{self.signature}: token {token.shape}, not {self._token.shape}")
-            self._token[...] = token
-            self._index[...] = index
-            outputs = self.bound.invoke()
-        else:
-            at = position(index, self.position_shape)
-            outputs = self.runner.run(
-                self.signature, token=token, index=at, **self.fixed, **self.state
-            )
-        logits = outputs["logits"][:, 0].copy()
-        if self._targets:
-            entries = outputs[CACHE_ENTRIES]  # [rows, L, 2, H, D]
-            for layer, (keys, values) in enumerate(self._targets):
-                keys[:, :, index] = entries[:, layer, 0]
-                values[:, :, :, index] = entries[:, layer, 1]
-        else:
-            np.copyto(self.state["cache"], outputs["cache"])
-        return logits
-
-    def reorder(self, rows: np.ndarray) -> None:
-        """Row ``i`` of the cache becomes a copy of row ``rows[i]``."""
-        for array in self.state.values():
-            array[...] = array[rows]
+    return {key: zero_padded(value, SOURCE_AXES[key], full) for key, value in outputs.items()}
 
 
 def _beam_rows(runner: Runner) -> int | None:
@@ -261,7 +120,8 @@ class Seq2SeqSteps:
         runner: a model with ``encode`` and ``decode`` (see :class:`Runner`).
         source_ids: ``[1, source length]`` int32, already padded.
         rows: decoder rows (beams).
-        bucketed: encode through the shortest length bucket (:func:`encode_source`).
+        bucketed: encode and decode through the shortest length buckets that hold the
+            source (:func:`encode_source`, ``step_caches.BucketedStep``).
     """
 
     def __init__(
@@ -269,15 +129,16 @@ class Seq2SeqSteps:
     ) -> None:
         self.runner, self.rows = runner, rows
         encoded = encode_source(runner, source_ids, bucketed, padded=False)
+        tokens = _tokens_in(source_ids)
         beam_rows = _beam_rows(runner) if rows > 1 else None
         if rows == 1 or beam_rows == rows:
             signature = "decode" if rows == 1 else "decode_beam"
             if rows > 1:  # every beam reads the same source
                 encoded = {name: np.repeat(value, rows, axis=0) for name, value in encoded.items()}
-            self.steps = [_CarriedStep(runner, signature, *step_inputs(runner, signature, encoded))]
+            self.steps = [BucketedStep(runner, signature, encoded, tokens, bucketed)]
         else:  # no signature of this many rows: one decode per row, each with its own cache
             self.steps = [
-                _CarriedStep(runner, "decode", *step_inputs(runner, "decode", encoded), bind=False)
+                BucketedStep(runner, "decode", encoded, tokens, bucketed, bind=False)
                 for _ in range(rows)
             ]
 
@@ -315,19 +176,20 @@ class BatchSteps:
     Args:
         runner: a model with ``encode`` and ``decode_batch``.
         sources: ``[n, source length]`` int32, padded, ``n`` at most the signature's rows.
+        bucketed: encode and decode through the shortest length buckets that hold the
+            longest source (``step_caches.BucketedStep``).
     """
 
-    def __init__(self, runner: Runner, sources: np.ndarray) -> None:
+    def __init__(self, runner: Runner, sources: np.ndarray, bucketed: bool = True) -> None:
         self.runner, self.count = runner, len(sources)
         self.rows = runner.input_spec("decode_batch", "token")[0][0]
         if not 1 <= self.count <= self.rows:
             raise ValueError(f"BatchSteps: {self.count} sources for {self.rows} rows")
-        encoded = [encode_source(runner, source[None]) for source in sources]
+        encoded = [encode_source(runner, source[None], bucketed) for source in sources]
         encoded += [encoded[-1]] * (self.rows - self.count)
         encoded = {name: np.concatenate([one[name] for one in encoded]) for name in encoded[0]}
-        self.step = _CarriedStep(
-            runner, "decode_batch", *step_inputs(runner, "decode_batch", encoded)
-        )
+        tokens = max(_tokens_in(source[None]) for source in sources)
+        self.step = BucketedStep(runner, "decode_batch", encoded, tokens, bucketed)
 
     def feed(self, tokens: np.ndarray, index: int) -> np.ndarray:
         """Logits ``[n, V]`` after writing ``tokens`` ``[n]`` at position ``index``."""
