@@ -30,6 +30,7 @@ from keras_transformer_edge.modes import MODES
 from keras_transformer_edge.parity import ParityError
 from keras_transformer_edge.runtime.bundle import load_bundle
 from keras_transformer_edge.runtime.errors import BundleError
+from keras_transformer_edge.runtime.signatures import bucket_length
 from keras_transformer_edge.runtime.translator import Translator
 from keras_transformer_pipelines import translation_recipe
 from keras_transformer_pipelines.metrics import bleu, chrf
@@ -87,8 +88,18 @@ def device_greedy(bundle: str | Path, sources: Sequence[str], threads: int = 1) 
         ids,
         [translator.decode(without_end(tokens)) for tokens in ids],
         generated / seconds,
-        float(np.median(translator.model.timings["decode"]) * 1e3),
+        float(np.median(_decode_steps(translator.model.timings)) * 1e3),
     )
+
+
+def _decode_steps(timings: dict[str, list[float]]) -> list[float]:
+    """Every one-row decode step's time, through ``decode`` or a length bucket ``decode_N``."""
+    return [
+        seconds
+        for name, times in timings.items()
+        if name == "decode" or bucket_length(name, "decode")
+        for seconds in times
+    ]
 
 
 def top1_agreement(reference: list[list[int]], candidate: list[list[int]]) -> float:

@@ -161,3 +161,13 @@ def test_the_contract_refuses_broken_decode_buckets(bundle):
         signatures["decode_8"]["inputs"]["source_mask"]["shape"] = [1, LENGTH]
 
     assert "signature 'decode_8' input 'source_mask': shape [1, 12]" in refused(source_not_cut)
+
+
+def test_the_reported_step_time_counts_every_one_row_decode_step(bundle):
+    from keras_transformer_cli import device_modes
+
+    timings = {"decode_8": [1.0, 2.0], "decode": [3.0], "decode_beam_8": [9.0], "encode": [7.0]}
+    assert sorted(device_modes._decode_steps(timings)) == [1.0, 2.0, 3.0]
+    # Short sentences may never leave decode_8: the main job's table still has a step time.
+    result = device_modes.device_greedy(bundle, ["red cat", "sun", "moon"])
+    assert 0 < result.decode_p50_ms < 1e3
