@@ -38,7 +38,8 @@ top1_agreement with Keras greedy tokens), ``keras``, ``cached_vs_recompute``,
 ``tflite_vs_keras_generation``, ``ctranslate2`` (:func:`versus_ctranslate2`: the same weights in
 CTranslate2, int8 both sides), ``shipping`` (the bundle the main job would ship: with a main-job
 folder that holds a student, ``run --student``, the student's, its BLEU against the teacher's
-Keras greedy) and ``batch_translation`` (:func:`batch_translation`). ``--run DIR`` takes a
+Keras greedy) and ``batch_translation`` (:func:`batch_translation`, the shipping bundle's;
+``batch_translation_by_mode`` adds dynamic int8's). ``--run DIR`` takes a
 finished main-job folder (``runs/main``) as well as a training run.
 """
 
@@ -312,10 +313,17 @@ def main() -> None:
     # The main job's student, when it made one, is what it ships.
     shipped = student_shipping(args.run, args, sources, references, keras_bleu) or shipping(modes)
     print(f"shipping: {shipped}", flush=True)
-    batch = batch_translation(
-        run, model, shipped["mode"] if shipped else first, args.work_dir, sources, args.threads
-    )
-    print(f"batch translation: {batch}", flush=True)
+    # The shipping bundle's batches, and dynamic int8's beside them: XNNPACK's int4 kernels
+    # gain far less from 8 rows than its int8 ones on x86 (12-07: 5.5x against 2.7x a
+    # one-row step's time, 16-position buckets).
+    batch_modes = [shipped["mode"] if shipped else first]
+    batch_modes += ["dynamic_int8"] if "dynamic_int8" in bundles else []
+    batches = {
+        mode: batch_translation(run, model, mode, args.work_dir, sources, args.threads)
+        for mode in dict.fromkeys(batch_modes)
+    }
+    batch = batches[batch_modes[0]]
+    print(f"batch translation: {batches}", flush=True)
     # The headline compares like with like: the float model against Keras float; the int8
     # figures stand beside it (*_by_mode).
     headline = speed_modes[0]
@@ -337,6 +345,7 @@ def main() -> None:
                 "ctranslate2": peer,
                 "shipping": shipped,
                 "batch_translation": batch,
+                "batch_translation_by_mode": batches,
             }
         )
     )
