@@ -30,7 +30,7 @@ from keras_transformer_edge.modes import MODES
 from keras_transformer_edge.parity import ParityError
 from keras_transformer_edge.runtime.bundle import load_bundle
 from keras_transformer_edge.runtime.errors import BundleError
-from keras_transformer_edge.runtime.signatures import bucket_length
+from keras_transformer_edge.runtime.signatures import of_signature
 from keras_transformer_edge.runtime.translator import Translator
 from keras_transformer_pipelines import translation_recipe
 from keras_transformer_pipelines.metrics import bleu, chrf
@@ -97,7 +97,7 @@ def _decode_steps(timings: dict[str, list[float]]) -> list[float]:
     return [
         seconds
         for name, times in timings.items()
-        if name == "decode" or bucket_length(name, "decode")
+        if of_signature(name, "decode")
         for seconds in times
     ]
 

@@ -25,6 +25,7 @@ from keras_transformer_edge.runtime.search import beam_search, greedy_rows  # no
 from keras_transformer_edge.runtime.signatures import (  # noqa: E402
     SignatureMismatch,
     check_signatures,
+    of_signature,
 )
 from keras_transformer_edge.runtime.steps import (  # noqa: E402
     BatchSteps,
@@ -166,6 +167,8 @@ def test_the_contract_refuses_broken_decode_buckets(bundle):
 def test_the_reported_step_time_counts_every_one_row_decode_step(bundle):
     from keras_transformer_cli import device_modes
 
+    assert of_signature("decode_16", "decode") and of_signature("decode", "decode")
+    assert not of_signature("decode_beam_16", "decode") and not of_signature("decode_x", "decode")
     timings = {"decode_8": [1.0, 2.0], "decode": [3.0], "decode_beam_8": [9.0], "encode": [7.0]}
     assert sorted(device_modes._decode_steps(timings)) == [1.0, 2.0, 3.0]
     # Short sentences may never leave decode_8: the main job's table still has a step time.

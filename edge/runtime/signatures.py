@@ -195,6 +195,11 @@ def bucket_length(name: str, signature: str) -> int | None:
     return int(tail)
 
 
+def of_signature(name: str, signature: str) -> bool:
+    """Whether ``name`` is ``signature`` or one of its length buckets (``decode_16``)."""
+    return name == signature or bucket_length(name, signature) is not None
+
+
 def buckets(names, signature: str) -> list[int]:
     """The bucket lengths of ``signature`` among signature ``names``, shortest first."""
     return sorted(n for name in names if (n := bucket_length(name, signature)) is not None)
