@@ -103,9 +103,12 @@ def seq2seq_samples(float_flatbuffer: bytes, batches: Iterable, limit: int = 64)
                 continue
             # Every row calibrated on a real step: each decode sample repeated per row.
             rows = model.input_spec(signature, "token")[0][0]
+            shared_index = model.input_spec(signature, "index")[0] != (rows,)  # else per row
             samples[signature] = [
                 {
-                    name: value if name == "index" else np.repeat(value, rows, axis=0)
+                    name: value
+                    if name == "index" and shared_index
+                    else np.repeat(value, rows, axis=0)
                     for name, value in step.items()
                 }
                 for step in samples["decode"]

@@ -66,8 +66,9 @@ POSITION = tf.TensorSpec(POSITION_SHAPE, tf.int32)
 
 
 def _position(index):
-    """The scalar position the layers take, from the exported ``[1]`` input."""
-    return tf.reshape(index, ())
+    """The position the layers take: a scalar from the exported ``[1]`` input; a
+    ``decode_batch`` step's ``[rows]`` (one per row, format 6) as it is."""
+    return tf.reshape(index, ()) if index.shape == POSITION.shape else index
 
 
 class ConversionError(InputProblem):
@@ -104,9 +105,9 @@ def seq2seq_endpoints(
     so the host's beam search advances every beam in one call (weights shared in the file).
     ``encode_lengths``: also ``encode_N`` for each shorter source length N (the runtime encodes
     a sentence with the shortest that holds it). ``batch_rows > 1``: a ``decode_batch``
-    signature of that many rows, one sentence each (batch translation). ``decode_lengths``:
-    each step signature also at ``{name}_N`` for sources of at most N tokens and the first N
-    target positions (``runtime/signatures.py``).
+    signature of that many rows, one sentence each at its own position (batch translation).
+    ``decode_lengths``: each step signature also at ``{name}_N`` for sources of at most N
+    tokens and the first N target positions (``runtime/signatures.py``).
     """
     model.ensure_built()
     source = tf.TensorSpec((batch_size, model.encoder_sequence_length), tf.int32)
@@ -147,7 +148,9 @@ def seq2seq_endpoints(
 
     decode = _with_arguments(decode, ["token", "index", "source_mask", *cache_names])
 
-    def decode_signature(rows: int, length: int | None = None) -> list[tf.TensorSpec]:
+    def decode_signature(
+        rows: int, length: int | None = None, per_row: bool = False
+    ) -> list[tf.TensorSpec]:
         dims = {**sizes, "rows": rows}
         if length is not None:  # a length bucket: N source and N target positions
             dims.update(source=length, target=length)
@@ -158,7 +161,7 @@ def seq2seq_endpoints(
         ]
         return [
             tf.TensorSpec((rows, 1), tf.int32),
-            POSITION,
+            tf.TensorSpec((rows,), tf.int32) if per_row else POSITION,
             tf.TensorSpec((rows, dims["source"]), tf.bool),
             *caches,
         ]
@@ -173,9 +176,11 @@ def seq2seq_endpoints(
     if batch_rows > 1:
         steps["decode_batch"] = batch_size * batch_rows
     for name, rows in steps.items():
-        endpoints[name] = (decode, decode_signature(rows))
+        per_row = name == "decode_batch"  # each row its own sentence, at its own position
+        endpoints[name] = (decode, decode_signature(rows, per_row=per_row))
         for length in sorted(set(decode_lengths)):
-            endpoints[bucket_name(name, length)] = (decode, decode_signature(rows, length))
+            signature = decode_signature(rows, length, per_row)
+            endpoints[bucket_name(name, length)] = (decode, signature)
     return endpoints
 
 

@@ -20,6 +20,7 @@ from keras_transformer_edge.bundle import bundle_from_run  # noqa: E402
 from keras_transformer_edge.calibration import seq2seq_samples  # noqa: E402
 from keras_transformer_edge.convert import decode_length_buckets  # noqa: E402
 from keras_transformer_edge.runtime.bundle import MANIFEST_FILE, MODEL_FILE  # noqa: E402
+from keras_transformer_edge.runtime.continuous_batch import ContinuousBatchSteps  # noqa: E402
 from keras_transformer_edge.runtime.interpreter import LiteModel  # noqa: E402
 from keras_transformer_edge.runtime.search import beam_search, greedy_rows  # noqa: E402
 from keras_transformer_edge.runtime.signatures import (  # noqa: E402
@@ -61,7 +62,7 @@ def test_decode_buckets_are_exported_for_every_step(bundle):
     assert decode_length_buckets(LENGTH, LENGTH) == (BUCKET,)
     assert decode_length_buckets(64, 24) == (16,)
     manifest = json.loads((bundle / MANIFEST_FILE).read_text())
-    assert manifest["format_version"] == 5
+    assert manifest["format_version"] == 6
     for step, rows in (("decode", 1), ("decode_beam", 3), ("decode_batch", 4)):
         inputs = manifest["signatures"][f"{step}_{BUCKET}"]["inputs"]
         assert inputs["source_mask"]["shape"] == [rows, BUCKET]
@@ -109,6 +110,64 @@ def test_beams_and_batches_move_between_buckets_as_one(bundle, model):
     ]
 
 
+def test_continuous_batching_rows_each_give_their_sentence_alone(model):
+    """Row by row and step by step, a continuously batched row's logits are its sentence's
+    decoded alone, while other rows end and take new sentences, and the batch's step moves
+    from decode_batch_8 to the full step and back as its longest busy row needs."""
+    rng = np.random.default_rng(5)
+    plan = [(3, 12), (11, 4), (2, 9), (7, 12), (1, 3), (12, 5), (5, 10), (4, 2), (6, 7)]
+    sources = [_padded(rng.integers(4, 300, n)) for n, _ in plan]
+    targets = [rng.integers(4, 300, steps).tolist() for _, steps in plan]
+    alone = [
+        teacher_forced_logits(Seq2SeqSteps(model, source, bucketed=False), target)
+        for source, target in zip(sources, targets, strict=True)
+    ]
+    steps = ContinuousBatchSteps(model)
+    waiting = iter(range(len(plan)))
+    holds, positions = [None] * steps.rows, np.zeros(steps.rows, np.int32)
+
+    def admit(row):
+        holds[row], positions[row] = next(waiting, None), 0
+        steps.admit(row, None if holds[row] is None else sources[holds[row]])
+
+    for row in range(steps.rows):
+        admit(row)
+    ran = []
+    while any(held is not None for held in holds):
+        tokens = [
+            1 if held is None else targets[held][positions[row]] for row, held in enumerate(holds)
+        ]
+        logits = steps.feed(np.array(tokens, np.int32), positions)
+        ran.append(steps.signature)
+        for row, held in enumerate(holds):
+            if held is None:
+                continue
+            np.testing.assert_allclose(logits[row], alone[held][positions[row]], atol=2e-5)
+            positions[row] += 1
+            if positions[row] == len(targets[held]):
+                admit(row)
+    moves = [name for i, name in enumerate(ran) if i == 0 or ran[i - 1] != name]
+    assert moves[:3] == ["decode_batch", "decode_batch_8", "decode_batch"], moves
+    assert len(ran) < sum(n for _, n in plan) / 2  # rows refilled, not stepped in lockstep
+
+
+def test_continuous_batching_translates_as_one_at_a_time(bundle):
+    translator = Translator.from_bundle(bundle, num_threads=1)
+    words = "red cat sun moon star open the file now please blue sky".split()
+    rng = np.random.default_rng(2)
+    texts = [" ".join(rng.choice(words, rng.integers(1, 9))) for _ in range(11)] + [""]
+    assert translator.translate_many(texts, beam_size=1) == [
+        translator.translate(text, beam_size=1) for text in texts
+    ]
+    assert translator.translate_many(texts[:2], beam_size=1, max_length=3) == [
+        translator.translate(text, beam_size=1, max_length=3) for text in texts[:2]
+    ]
+    model = LiteModel(bundle / MODEL_FILE, 1)
+    model.signatures = {n: v for n, v in model.signatures.items() if "batch" not in n}
+    with pytest.raises(ValueError, match="a position per row"):
+        ContinuousBatchSteps(model)
+
+
 def test_calibration_samples_fit_each_bucket(bundle):
     flatbuffer = (bundle / MODEL_FILE).read_bytes()
     rng = np.random.default_rng(1)
@@ -134,15 +193,26 @@ def test_the_contract_refuses_broken_decode_buckets(bundle):
     manifest = json.loads((bundle / MANIFEST_FILE).read_text())
     sizes = {"source": LENGTH, "target": LENGTH, "vocabulary": manifest["vocabulary_size"]}
 
-    def refused(change, version=5) -> str:
+    def refused(change, version=6) -> str:
         signatures = copy.deepcopy(manifest["signatures"])
         change(signatures)
         with pytest.raises(SignatureMismatch) as error:
             check_signatures("seq2seq", signatures, sizes, version)
         return str(error.value)
 
-    check_signatures("seq2seq", manifest["signatures"], sizes, 5)
+    check_signatures("seq2seq", manifest["signatures"], sizes, 6)
     assert "need format version 5, not 4" in refused(lambda s: None, version=4)
+    # Format 6 gave decode_batch a position per row; format 5's one position is still read.
+    assert "'index': shape [4], expected [1] in format version 5" in refused(
+        lambda s: None, version=5
+    )
+    shared = copy.deepcopy(manifest["signatures"])
+    for name in ("decode_batch", f"decode_batch_{BUCKET}"):
+        shared[name]["inputs"]["index"]["shape"] = [1]
+    check_signatures("seq2seq", shared, sizes, 5)
+    assert "'index': rows is 1 here but 4" in refused(
+        lambda s: s.update(decode_batch=shared["decode_batch"])
+    )
     assert "a length bucket of 'decode_beam', which the bundle lacks" in refused(
         lambda s: s.pop("decode_beam")
     )

@@ -777,7 +777,7 @@ def test_every_bundle_kind_follows_the_format_spec(seq2seq_bundle, single_sequen
     kinds = set()
     for path in paths:
         bundle = load_bundle(path)  # which checks the manifest's signatures against the spec
-        assert bundle.manifest["format_version"] == 5
+        assert bundle.manifest["format_version"] == 6
         kinds.add(bundle.kind)
         found = LiteModel(bundle.model_path, xnnpack=False).signatures
         assert found == bundle.manifest["signatures"]
@@ -812,7 +812,7 @@ def test_a_manifest_that_contradicts_its_model_or_itself_is_refused(seq2seq_bund
         return change
 
     index = ("signatures", "decode", "inputs", "index", "shape")
-    assert "expected [1] in format version 5" in refused(set_in(*index, value=[]))
+    assert "expected [1] in format version 6" in refused(set_in(*index, value=[]))
     assert "target is" in refused(set_in("max_lengths", "target", value=LENGTH + 1))
     assert "vocabulary is 400 here but 999" in refused(set_in("vocabulary_size", value=999))
     assert "outside the vocabulary" in refused(set_in("special_tokens", "end", value=VOCABULARY))

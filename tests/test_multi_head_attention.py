@@ -135,6 +135,31 @@ def test_read_only_cache_steps_equal_the_full_pass(rng, kv_heads, rotary, window
         cross.decode_step(x[:, :2], memory_keys, memory_values)
 
 
+@pytest.mark.parametrize("rotary", [False, True])
+@pytest.mark.parametrize("window", [None, 3])
+def test_per_row_cache_index_steps_each_row_at_its_own_position(rng, rotary, window):
+    # Continuous batching: one step where each row writes a different position ([B] index)
+    # gives each row's output, key and value of a step at that row's position alone.
+    layer = MultiHeadAttention(
+        num_heads=4, key_dim=8, use_rotary_embedding=rotary, sliding_window=window
+    )
+    rows, length = 3, T + 3
+    x = rng.standard_normal((rows, 1, D)).astype("float32")
+    layer(x)
+    keys = rng.standard_normal((rows, 4, length, 8)).astype("float32")
+    values = rng.standard_normal((rows, 4, 8, length)).astype("float32")
+    index = np.array([0, 5, 2], "int32")
+    out, key, value = layer.decode_step(x, keys, values, index)
+    for row, at in enumerate(index):
+        alone = layer.decode_step(
+            x[row : row + 1], keys[row : row + 1], values[row : row + 1], int(at)
+        )
+        for got, expected in zip((out, key, value), alone, strict=True):
+            np.testing.assert_allclose(
+                np.asarray(got)[row : row + 1], np.asarray(expected), atol=1e-5
+            )
+
+
 @pytest.mark.parametrize("kv_heads", [4, 2])
 def test_cross_attention_cache_equals_full_pass(rng, kv_heads):
     layer = MultiHeadAttention(num_heads=4, key_dim=8, num_key_value_heads=kv_heads)

@@ -28,6 +28,35 @@ def test_learned_position_embedding_slices_from_start_index():
         layer(np.zeros((1, 11, 6), "float32"))
 
 
+@pytest.mark.parametrize(
+    "layer",
+    [
+        layers.PositionEmbedding(sequence_length=12),
+        layers.SinusoidalPositionEncoding(),
+    ],
+    ids=lambda layer: type(layer).__name__,
+)
+def test_per_row_start_index_gives_each_row_its_own_positions(layer):
+    # Continuous batching: rows of one step sit at different positions ([B] start_index).
+    x = np.zeros((3, 2, 6), "float32")
+    starts = np.array([0, 7, 3], "int32")
+    got = np.asarray(layer(x, start_index=starts))
+    assert got.shape == (3, 2, 6)
+    for row, start in enumerate(starts):
+        np.testing.assert_allclose(got[row], np.asarray(layer(x, start_index=int(start))))
+
+
+def test_rotary_per_row_start_index_matches_each_rows_scalar_start(rng):
+    rotary = layers.RotaryEmbedding()
+    starts = np.array([5, 0, 11], "int32")
+    for shape, axis in (((3, 2, 4, 8), 1), ((3, 4, 2, 8), 2)):  # [B, T, H, D], [B, H, T, D]
+        x = rng.standard_normal(shape).astype("float32")
+        got = np.asarray(rotary(x, start_index=starts, sequence_axis=axis))
+        for row, start in enumerate(starts):
+            alone = rotary(x[row : row + 1], start_index=int(start), sequence_axis=axis)
+            np.testing.assert_allclose(got[row : row + 1], np.asarray(alone), atol=1e-6)
+
+
 def test_token_and_position_embedding_sums_and_masks():
     layer = layers.TokenAndPositionEmbedding(
         20, 8, 6, position_encoding="sinusoidal", scale_embeddings=True

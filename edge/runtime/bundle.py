@@ -6,10 +6,11 @@ A bundle is a folder::
     sentencepiece.model   the tokenizer (SentencePiece BPE, read by sentencepiece_bpe.py)
     manifest.json         what the two are and how to drive them (schema below)
 
-``manifest.json`` (``format_version`` 5; docs/bundle-format.md is the full specification)::
+``manifest.json`` (``format_version`` 6; docs/bundle-format.md is the full specification)::
 
     format            "keras-transformer-edge-bundle"
-    format_version    5 (this runtime also reads 4, without the decode length buckets; 3,
+    format_version    6 (this runtime also reads 5, whose decode_batch has one position for
+                      every row; 4, without the decode length buckets; 3,
                       whose seq2seq decode carries one packed cache; 2, without the optional
                       decode_batch, encode_N and prefill_N signatures; and 1: ``index`` of
                       shape [] too)
@@ -51,8 +52,8 @@ from keras_transformer_edge.runtime.model_metadata import bundle_facts
 from keras_transformer_edge.runtime.sentencepiece_bpe import SentencePieceBPE
 from keras_transformer_edge.runtime.signatures import SignatureMismatch, check_signatures
 
-FORMAT_NAME, FORMAT_VERSION = "keras-transformer-edge-bundle", 5
-READABLE_VERSIONS = (1, 2, 3, 4, 5)
+FORMAT_NAME, FORMAT_VERSION = "keras-transformer-edge-bundle", 6
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
 MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE = "manifest.json", "model.tflite", "sentencepiece.model"
 SPECIAL_TOKENS = ("pad", "start", "end", "unk")
 # The signatures each kind must have, and the max_lengths keys it must give.

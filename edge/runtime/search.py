@@ -113,6 +113,51 @@ def greedy_rows(feed: Feed, count: int, start_id: int, end_id: int, limit: int) 
     return written
 
 
+def greedy_stream(
+    feed: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    admit: Callable[[int, int | None], None],
+    count: int,
+    rows: int,
+    start_id: int,
+    end_id: int,
+    limit: int,
+) -> list[list[int]]:
+    """Greedy tokens of ``count`` sentences through ``rows`` rows at their own positions
+    (continuous batching): a row whose sentence ends takes the next one at once.
+
+    ``admit(row, i)`` loads sentence ``i`` into ``row`` from position 0 (``None``: the row
+    idles, no sentence being left); ``feed(tokens [rows], positions [rows])`` writes each row's
+    token at its own position and returns the logits ``[rows, V]``. Sentence ``i`` gets exactly
+    what ``continue_tokens`` gives it alone after ``start_id``: at most ``limit`` tokens, up to
+    and including its end token. Sentences enter in order ``0, 1, ...``.
+    """
+    written: list[list[int]] = [[] for _ in range(count)]
+    waiting = iter(range(count))
+    holds = np.full(rows, -1)  # the sentence in each row; -1: idle
+    tokens = np.full(rows, start_id, np.int32)
+    positions = np.zeros(rows, np.int32)
+
+    def load(row: int) -> None:
+        sentence = next(waiting, None)
+        admit(row, sentence)
+        holds[row] = -1 if sentence is None else sentence
+        tokens[row], positions[row] = start_id, 0
+
+    for row in range(rows):
+        load(row)
+    while (holds >= 0).any():
+        chosen = np.argmax(feed(tokens, positions), axis=-1)
+        for row in np.flatnonzero(holds >= 0):
+            token = int(chosen[row])
+            written[holds[row]].append(token)
+            positions[row] += 1
+            if token == end_id or positions[row] >= limit:
+                load(int(row))
+            else:
+                tokens[row] = token
+    return written
+
+
 def beam_search(
     feed: Feed,
     reorder: Callable[[np.ndarray], None],

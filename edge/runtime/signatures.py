@@ -17,7 +17,10 @@ be the same wherever it appears in the model (``target`` is also ``max_lengths.t
                                      cache_entries float32 [1, L, 2, H, D]
                      decode_beam  (optional) decode for ``beam`` rows at once (beam >= 2)
                      decode_batch (optional) decode for ``batch`` rows at once (batch >= 2),
-                                  each row its own sentence: batch translation
+                                  each row its own sentence: batch translation. From
+                                  format 6 its ``index`` is int32 [batch], each row's own
+                                  position, so a finished row takes the next sentence at
+                                  position 0 while the others go on (continuous batching)
                      encode_N     (optional, N < source) encode of a source of at most N
                                   tokens: ``source`` is N in all three tensors; the runtime
                                   pads the outputs back to ``source`` (masked out)
@@ -35,7 +38,9 @@ be the same wherever it appears in the model (``target`` is also ``max_lengths.t
     classifier       classify     token_ids int32 [1, tokens] -> logits float32 [1, classes]
     tagger           tag          token_ids int32 [1, tokens] -> logits [1, tokens, classes]
 
-``index`` is the cache position a decode step writes, one int32 in a tensor of shape ``[1]``.
+``index`` is the cache position a decode step writes, one int32 in a tensor of shape ``[1]``
+(``decode_batch`` from format 6: one per row, ``[batch]``; the host writes row ``r``'s entries
+at ``index[r]``).
 
 A seq2seq ``decode`` (format version 4) only reads its caches, one tensor per layer and side,
 so that no cache is copied through the graph: the host keeps them, writes the step's
@@ -48,7 +53,8 @@ place. Format versions 1 to 3 carried one packed ``cache`` in and out of every s
 (:data:`PACKED_DECODE`); the language model's ``decode`` still does.
 
 Format version 3 added the optional ``decode_batch``, ``encode_N`` and ``prefill_N``; version
-5 the decode length buckets (``decode_N``, ``decode_beam_N``, ``decode_batch_N``).
+5 the decode length buckets (``decode_N``, ``decode_beam_N``, ``decode_batch_N``); version 6
+a position per row in ``decode_batch`` (and its buckets).
 Format version 1 exported ``index`` with shape ``[]`` (rank 0): ai-edge-litert's aarch64 build
 (2.1.6 to 2.3.0, at least) crashes when its signature runner resizes a rank-0 input, so version
 2 has no rank-0 input anywhere. The runtime reads every version (it never resizes an input).
@@ -99,10 +105,10 @@ SPLIT_CACHE = {
 CACHE_ENTRIES = "cache_entries"
 
 
-def _split_decode() -> dict[str, dict[str, TensorSpec]]:
+def _split_decode(index: tuple[Dimension, ...] = ("position",)) -> dict[str, dict[str, TensorSpec]]:
     inputs: dict[str, TensorSpec] = {
         "token": ("int32", ("rows", 1)),
-        "index": ("int32", ("position",)),
+        "index": ("int32", index),
         "source_mask": ("bool", ("rows", "source")),
         **SPLIT_CACHE,
     }
@@ -133,7 +139,7 @@ SIGNATURES: dict[str, dict[str, dict[str, dict[str, TensorSpec]]]] = {
         },
         "decode": _split_decode(),
         "decode_beam": _split_decode(),
-        "decode_batch": _split_decode(),
+        "decode_batch": _split_decode(index=("rows",)),  # format 6: a position per row
     },
     "language_model": {
         "prefill": {
@@ -176,10 +182,11 @@ BUCKETED = {
     "language_model": {"prefill": ("prefill",)},
 }
 # The shape of ``index`` in each format version the runtime reads.
-POSITION_SHAPES = {1: (), 2: (1,), 3: (1,), 4: (1,), 5: (1,)}
-POSITION_SHAPE = POSITION_SHAPES[5]  # what the converter exports
+POSITION_SHAPES = {1: (), 2: (1,), 3: (1,), 4: (1,), 5: (1,), 6: (1,)}
+POSITION_SHAPE = POSITION_SHAPES[6]  # what the converter exports
 SPLIT_CACHE_VERSION = 4  # the first format version whose seq2seq decode reads split caches
 DECODE_BUCKETS_VERSION = 5  # the first format version with decode length buckets
+ROW_POSITIONS_VERSION = 6  # the first format version whose decode_batch has a position per row
 
 
 def bucket_name(signature: str, length: int) -> str:
@@ -215,14 +222,22 @@ def bucket_of(kind: str, name: str) -> tuple[str, int] | None:
 
 
 def expected_signatures(kind: str, format_version: int) -> dict[str, dict]:
-    """The contract of ``kind`` in ``format_version`` (:data:`SIGNATURES` from version 4)."""
+    """The contract of ``kind`` in ``format_version`` (:data:`SIGNATURES` from version 6)."""
     expected = SIGNATURES[kind]
     if kind == "seq2seq" and format_version < SPLIT_CACHE_VERSION:
         expected = {
             name: PACKED_DECODE if name in MULTI_ROW or name == "decode" else spec
             for name, spec in expected.items()
         }
+    elif kind == "seq2seq" and format_version < ROW_POSITIONS_VERSION:
+        expected = {**expected, "decode_batch": _split_decode()}
     return expected
+
+
+def row_positions(runner_spec: tuple[int, ...], rows: int) -> bool:
+    """Whether a step whose ``index`` has shape ``runner_spec`` takes a position per row
+    (``decode_batch`` from format 6) for its ``rows`` rows."""
+    return rows > 1 and tuple(runner_spec) == (rows,)
 
 
 def position(index: int, shape: tuple[int, ...] = POSITION_SHAPE) -> np.ndarray:
@@ -238,7 +253,7 @@ def check_signatures(
     kind: str,
     signatures: Mapping[str, Any],
     sizes: Mapping[str, int],
-    format_version: int = 5,
+    format_version: int = 6,
 ) -> dict[str, int]:
     """Check ``signatures`` (as ``LiteModel.signatures`` reports them) against the contract.
 

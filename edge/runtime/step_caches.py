@@ -11,6 +11,8 @@ import numpy as np
 
 from keras_transformer_edge.runtime.signatures import (
     CACHE_ENTRIES,
+    CROSS_KEYS,
+    CROSS_VALUES,
     LAYER,
     SELF_KEYS,
     SELF_VALUES,
@@ -92,30 +94,53 @@ def _layers(runner: Runner, signature: str) -> int:
     return layers
 
 
+def source_inputs(runner: Runner, signature: str, encoded: dict) -> dict:
+    """A seq2seq step's source inputs for ``encoded`` (``encode``'s outputs), each as
+    ``(encode's array for it, its source axis)``, before padding to the step's length:
+    ``source_mask``; per layer the cross-attention keys ``[rows, H, S, D]`` and values
+    ``[rows, H, D, S]`` (an older step: the packed ``cross_attention_cache``)."""
+    parts = {"source_mask": (encoded["source_mask"], SOURCE_AXES["source_mask"])}
+    cross = encoded["cross_attention_cache"]  # [rows, L, 2, H, S or a bucket's length, D]
+    if not split_cache(runner, signature):
+        parts["cross_attention_cache"] = (cross, SOURCE_AXES["cross_attention_cache"])
+        return parts
+    for layer in range(_layers(runner, signature)):
+        parts[layer_name(CROSS_KEYS, layer)] = (cross[:, layer, 0], 2)
+        parts[layer_name(CROSS_VALUES, layer)] = (cross[:, layer, 1].swapaxes(-1, -2), 3)
+    return parts
+
+
 def step_inputs(runner: Runner, signature: str, encoded: dict) -> tuple[dict, dict]:
     """``(fixed, carried)`` inputs of a seq2seq step signature for ``encoded`` (``encode``'s
     outputs, one row per signature row): what stays the same every step (the source), and the
     cache the steps carry, zero at first (read-only zeros: :class:`CarriedStep` writes them
     into a bound interpreter's own inputs, or copies them where it keeps the cache itself)."""
     source = runner.input_spec(signature, "source_mask")[0][1]
-    fixed = {"source_mask": zero_padded(encoded["source_mask"], 1, source)}
-    cross = encoded["cross_attention_cache"]  # [rows, L, 2, H, S or a bucket's length, D]
+    fixed = {
+        name: zero_padded(value, axis, source)  # padded to S as they are copied
+        for name, (value, axis) in source_inputs(runner, signature, encoded).items()
+    }
+    return fixed, zero_caches(runner, signature)
+
+
+def zero_caches(runner: Runner, signature: str) -> dict:
+    """The caches a seq2seq step carries, zero (read-only, allocating nothing)."""
     if not split_cache(runner, signature):
-        fixed["cross_attention_cache"] = zero_padded(
-            cross, SOURCE_AXES["cross_attention_cache"], source
-        )
-        return fixed, {"cache": _zeros(runner.input_spec(signature, "cache")[0])}
-    carried = {}
-    for layer in range(_layers(runner, signature)):
-        keys, values, cross_keys, cross_values = (
-            layer_name(template, layer) for template in SPLIT_CACHE
-        )
-        # [rows, H, S, D] and [rows, H, D, S]: padded to S as they are copied.
-        fixed[cross_keys] = zero_padded(cross[:, layer, 0], 2, source)
-        fixed[cross_values] = zero_padded(cross[:, layer, 1].swapaxes(-1, -2), 3, source)
-        for name in (keys, values):
-            carried[name] = _zeros(runner.input_spec(signature, name)[0])
-    return fixed, carried
+        return {"cache": _zeros(runner.input_spec(signature, "cache")[0])}
+    names = [
+        layer_name(template, layer)
+        for layer in range(_layers(runner, signature))
+        for template in (SELF_KEYS, SELF_VALUES)
+    ]
+    return {name: _zeros(runner.input_spec(signature, name)[0]) for name in names}
+
+
+def write_padded(target: np.ndarray, value: np.ndarray, axis: int) -> None:
+    """``target[...] = zero_padded(value, axis, target.shape[axis])`` without the copy."""
+    kept = min(target.shape[axis], value.shape[axis])
+    head = (slice(None),) * axis
+    target[head + (slice(0, kept),)] = value[head + (slice(0, kept),)]
+    target[head + (slice(kept, None),)] = 0
 
 
 def _zeros(shape) -> np.ndarray:
@@ -159,8 +184,9 @@ class CarriedStep:
             ]
         )
 
-    def __call__(self, token: np.ndarray, index: int) -> np.ndarray:
-        """Logits ``[rows, V]`` (a copy) after writing ``token`` ``[rows, 1]`` at ``index``."""
+    def __call__(self, token: np.ndarray, index: int | np.ndarray) -> np.ndarray:
+        """Logits ``[rows, V]`` (a copy) after writing ``token`` ``[rows, 1]`` at ``index``
+        (an int; or ``[rows]`` int32, a position per row, for a step that takes them)."""
         if self.bound is not None:
             # Written straight into the interpreter's inputs: a decode step is about 0.2 ms,
             # and the checked step() spent 5% of it on checking its own driver's arrays.
@@ -177,9 +203,11 @@ class CarriedStep:
         logits = outputs["logits"][:, 0].copy()
         if self._targets:
             entries = outputs[CACHE_ENTRIES]  # [rows, L, 2, H, D]
+            # Row r's entries go to index[r]: [rows, H, D] picked by (row, index[row]).
+            rows = np.arange(len(token)) if np.ndim(index) else slice(None)
             for layer, (keys, values) in enumerate(self._targets):
-                keys[:, :, index] = entries[:, layer, 0]
-                values[:, :, :, index] = entries[:, layer, 1]
+                keys[rows, :, index] = entries[:, layer, 0]
+                values[rows, :, :, index] = entries[:, layer, 1]
         else:
             np.copyto(self.state["cache"], outputs["cache"])
         return logits
@@ -188,6 +216,19 @@ class CarriedStep:
         """Row ``i`` of the cache becomes a copy of row ``rows[i]``."""
         for array in self.state.values():
             array[...] = array[rows]
+
+    def write_sources(self, row: int, sources: dict) -> None:
+        """Row ``row`` reads ``sources`` (one row's :func:`source_inputs`) from now on."""
+        for name, (value, axis) in sources.items():
+            target = self.bound.inputs[name] if self.bound is not None else self.fixed[name]
+            write_padded(target[row], value[0], axis - 1)
+
+    def load_row(self, row: int, sources: dict) -> None:
+        """Row ``row`` reads ``sources`` from now on, its cache emptied: another sentence in
+        that row (continuous batching)."""
+        self.write_sources(row, sources)
+        for array in self.state.values():
+            array[row] = 0
 
 
 class BucketedStep:

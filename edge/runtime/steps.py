@@ -75,8 +75,8 @@ def shortest_bucket(runner: Runner, signature: str, length: int) -> str:
     return bucket_name(signature, fitting[0]) if fitting else signature
 
 
-def _tokens_in(ids: np.ndarray) -> int:
-    """Positions up to the last non-padding id of a ``[1, L]`` row."""
+def source_tokens(ids: np.ndarray) -> int:
+    """Positions up to the last non-padding id of a ``[1, L]`` row (at least 1)."""
     nonzero = np.flatnonzero(ids[0])
     return int(nonzero[-1]) + 1 if nonzero.size else 1
 
@@ -91,7 +91,7 @@ def encode_source(
     follows the sentence's length (a 10-token sentence runs 16 positions, not 64).
     ``padded=False``: the bucket's outputs as they are (``step_caches.step_inputs`` pads them as it
     copies them into a step's inputs, saving a copy of the cross-attention cache)."""
-    name = shortest_bucket(runner, "encode", _tokens_in(source_ids)) if bucketed else "encode"
+    name = shortest_bucket(runner, "encode", source_tokens(source_ids)) if bucketed else "encode"
     if name == "encode":
         return runner.run("encode", source_ids=source_ids)
     length = runner.input_spec(name, "source_ids")[0][1]
@@ -129,7 +129,7 @@ class Seq2SeqSteps:
     ) -> None:
         self.runner, self.rows = runner, rows
         encoded = encode_source(runner, source_ids, bucketed, padded=False)
-        tokens = _tokens_in(source_ids)
+        tokens = source_tokens(source_ids)
         beam_rows = _beam_rows(runner) if rows > 1 else None
         if rows == 1 or beam_rows == rows:
             signature = "decode" if rows == 1 else "decode_beam"
@@ -188,7 +188,7 @@ class BatchSteps:
         encoded = [encode_source(runner, source[None], bucketed) for source in sources]
         encoded += [encoded[-1]] * (self.rows - self.count)
         encoded = {name: np.concatenate([one[name] for one in encoded]) for name in encoded[0]}
-        tokens = max(_tokens_in(source[None]) for source in sources)
+        tokens = max(source_tokens(source[None]) for source in sources)
         self.step = BucketedStep(runner, "decode_batch", encoded, tokens, bucketed)
 
     def feed(self, tokens: np.ndarray, index: int) -> np.ndarray:

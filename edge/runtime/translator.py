@@ -16,8 +16,17 @@ import numpy as np
 
 from keras_transformer_edge.runtime import options
 from keras_transformer_edge.runtime.bundle import Bundle
+from keras_transformer_edge.runtime.continuous_batch import (
+    ContinuousBatchSteps,
+    takes_row_positions,
+)
 from keras_transformer_edge.runtime.interpreter import LiteModel
-from keras_transformer_edge.runtime.search import beam_search, continue_tokens, greedy_rows
+from keras_transformer_edge.runtime.search import (
+    beam_search,
+    continue_tokens,
+    greedy_rows,
+    greedy_stream,
+)
 from keras_transformer_edge.runtime.steps import BatchSteps, Seq2SeqSteps
 from keras_transformer_edge.runtime.task import Task
 
@@ -96,9 +105,10 @@ class Translator(Task):
         return self.model.input_spec("decode_batch", "token")[0][0]
 
     def translate_many(self, texts: Sequence[str], **options: Any) -> list[str]:
-        """The translations of ``texts``, in order: greedy ones in batches of
-        :attr:`batch_rows` sentences of similar length (each the same as alone), beam ones one
-        at a time. ``options`` as :meth:`translate`."""
+        """The translations of ``texts``, in order: greedy ones :attr:`batch_rows` sentences at
+        a time (each the same as alone; with a format-6 bundle a row that ends takes the next
+        sentence at once, ``continuous_batch.py``), beam ones one at a time. ``options`` as
+        :meth:`translate`."""
         sources = [self.source_ids(text) for text in texts]
         return [self.decode(ids) for ids in self.translate_ids_many(sources, **options)]
 
@@ -115,22 +125,46 @@ class Translator(Task):
         rows = self.batch_rows
         if beam_size > 1 or rows == 1:
             return [self.translate_ids(ids, beam_size, alpha, limit) for ids in checked]
-        results: list[list[int]] = [[] for _ in checked]
-        # Similar lengths share a batch: its steps run until its longest translation ends.
+        # Similar lengths run side by side: a step's length bucket is its longest source's.
         order = sorted(
             (i for i, ids in enumerate(checked) if ids.size), key=lambda i: checked[i].size
         )
+        sources = [checked[i] for i in order]
         with self.model.reserved() as model:  # one interpreter for the whole run
-            for start in range(0, len(order), rows):
-                chunk = order[start : start + rows]
-                padded = np.zeros((len(chunk), self.source_length), np.int32)
-                for row, i in enumerate(chunk):
-                    padded[row, : checked[i].size] = checked[i]
-                steps = BatchSteps(model, padded)
-                written = greedy_rows(steps.feed, len(chunk), self.start_id, self.end_id, limit)
-                for i, tokens in zip(chunk, written, strict=True):
-                    results[i] = tokens
+            if takes_row_positions(model):
+                written = self._continuous(model, sources, rows, limit)
+            else:  # format 3 to 5: rows in lockstep, a batch until its longest ends
+                written = self._lockstep(model, sources, rows, limit)
+        results: list[list[int]] = [[] for _ in checked]
+        for i, tokens in zip(order, written, strict=True):
+            results[i] = tokens
         return results
+
+    def _padded(self, ids: np.ndarray) -> np.ndarray:
+        """``[1, source length]`` int32: ``ids`` then padding."""
+        padded = np.zeros((1, self.source_length), np.int32)
+        padded[0, : ids.size] = ids
+        return padded
+
+    def _continuous(self, model, sources: list[np.ndarray], rows: int, limit: int):
+        """Greedy tokens of ``sources``, a finished row taking the next source at once."""
+        steps = ContinuousBatchSteps(model)
+
+        def admit(row: int, sentence: int | None) -> None:
+            steps.admit(row, None if sentence is None else self._padded(sources[sentence]))
+
+        return greedy_stream(
+            steps.feed, admit, len(sources), rows, self.start_id, self.end_id, limit
+        )
+
+    def _lockstep(self, model, sources: list[np.ndarray], rows: int, limit: int):
+        """Greedy tokens of ``sources`` in batches of ``rows`` stepped together."""
+        written: list[list[int]] = []
+        for start in range(0, len(sources), rows):
+            chunk = np.concatenate([self._padded(ids) for ids in sources[start : start + rows]])
+            steps = BatchSteps(model, chunk)
+            written += greedy_rows(steps.feed, len(chunk), self.start_id, self.end_id, limit)
+        return written
 
     def translate_ids(
         self,
@@ -144,10 +178,9 @@ class Translator(Task):
         source = self.check_ids(source_ids, self.source_length, "source_ids")
         if not source.size:
             return []
-        padded = np.zeros((1, self.source_length), np.int32)
-        padded[0, : source.size] = source
         with self.model.reserved() as model:  # one interpreter for the whole translation
-            return self._search(Seq2SeqSteps(model, padded, beam_size), beam_size, alpha, limit)
+            steps = Seq2SeqSteps(model, self._padded(source), beam_size)
+            return self._search(steps, beam_size, alpha, limit)
 
     def _search(self, steps: Seq2SeqSteps, beam_size: int, alpha: float, limit: int) -> list[int]:
         if beam_size == 1:

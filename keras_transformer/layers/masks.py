@@ -14,7 +14,8 @@ The contract
   ``[T, S]``.
 * With a KV cache the queries sit at absolute positions ``offset .. offset + T - 1`` and the
   keys at ``0 .. S_max - 1``; causal and sliding-window masks take that ``offset``, so cache
-  slots not yet written are masked by causality alone.
+  slots not yet written are masked by causality alone. An ``offset`` of shape ``[B]`` (one
+  per row, ``layers/positions.py``) makes those masks ``[B, T, S]``.
 * A query row with no key left to attend to yields zeros, never NaN.
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 from keras import ops
 
+from keras_transformer.layers.positions import is_per_row
 from keras_transformer.layers.validation import ArgumentError
 
 
@@ -42,20 +44,29 @@ def _key_minus_query(query_length: int, key_length: int):
     return key_positions - query_positions
 
 
+def _offset(offset):
+    """``offset`` as int32, a per-row ``[B]`` one as ``[B, 1, 1]`` (against ``[T, S]``)."""
+    if is_per_row(offset):
+        return ops.reshape(ops.cast(offset, "int32"), (-1, 1, 1))
+    return ops.cast(offset, "int32")
+
+
 def causal_mask(query_length: int, key_length: int | None = None, offset=0):
     """``[T, S]``: query ``i`` (at absolute position ``offset + i`` sees keys ``<= offset + i``.
 
-    ``offset`` may be a Python int or a scalar tensor (the KV-cache write index).
+    ``offset`` may be a Python int, a scalar tensor (the KV-cache write index) or ``[B]``
+    (then ``[B, T, S]``).
     """
     key_length = query_length if key_length is None else key_length
     # key <= offset + query
-    return ops.less_equal(_key_minus_query(query_length, key_length), ops.cast(offset, "int32"))
+    return ops.less_equal(_key_minus_query(query_length, key_length), _offset(offset))
 
 
 def slots_before(key_length: int, offset):
-    """``[1, S]``: the cache slots before position ``offset`` (those already written when a
-    decoding step's token sits at ``offset`` and its own key is kept apart)."""
-    return ops.less(_key_minus_query(1, key_length), ops.cast(offset, "int32"))
+    """``[1, S]`` (``[B, 1, S]`` for a per-row offset): the cache slots before position
+    ``offset`` (those already written when a decoding step's token sits at ``offset`` and its
+    own key is kept apart)."""
+    return ops.less(_key_minus_query(1, key_length), _offset(offset))
 
 
 def sliding_window_mask(
@@ -77,7 +88,7 @@ def sliding_window_mask(
     # distance = offset + query - key = offset - relative; 0 <= distance < window, or
     # |distance| < window, written as comparisons of constants with the offset.
     relative = _key_minus_query(query_length, key_length)
-    offset = ops.cast(offset, "int32")
+    offset = _offset(offset)
     if causal:
         return ops.logical_and(relative <= offset, relative + window > offset)
     return ops.logical_and(relative - window < offset, relative + window > offset)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from keras_transformer.layers.positions import is_per_row, step_positions
 from keras_transformer.layers.validation import ArgumentError
 
 
@@ -18,9 +19,11 @@ class PositionEmbedding(keras.layers.Layer):
 
     Call arguments:
         inputs: ``[B, T, D]``; only their length and depth are read.
-        start_index: absolute position of the first step (int or scalar tensor).
+        start_index: absolute position of the first step: an int, a scalar tensor, or ``[B]``
+            (one per row, ``layers/positions.py``).
 
-    Returns ``[T, D]`` embeddings, to be added to ``inputs``.
+    Returns ``[T, D]`` embeddings (``[B, T, D]`` for per-row starts), to be added to
+    ``inputs``.
 
     Example:
     >>> x = keras.ops.zeros((2, 5, 8))
@@ -56,6 +59,10 @@ class PositionEmbedding(keras.layers.Layer):
             length = ops.shape(inputs)[1]
         if isinstance(start_index, int) and start_index == 0 and isinstance(length, int):
             return ops.cast(self.position_embeddings[:length], self.compute_dtype)
+        if is_per_row(start_index):  # a gather of each row's positions: [B, T, D]
+            positions = step_positions(length, start_index)
+            table = ops.take(self.position_embeddings, positions, axis=0)
+            return ops.cast(table, self.compute_dtype)
         return ops.cast(
             ops.slice(
                 self.position_embeddings,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from keras_transformer.layers.positions import is_per_row, step_positions
 from keras_transformer.layers.validation import ArgumentError
 
 
@@ -22,8 +23,9 @@ class RotaryEmbedding(keras.layers.Layer):
 
     Call arguments:
         inputs: ``[B, T, H, D]`` (``D`` even), or ``[B, H, T, D]`` with ``sequence_axis=2``.
-        start_index: absolute position of the first of the ``T`` steps (int or scalar
-            tensor; the KV-cache write index during incremental decoding).
+        start_index: absolute position of the first of the ``T`` steps: an int, a scalar
+            tensor (the KV-cache write index during incremental decoding) or ``[B]``, one per
+            row (``layers/positions.py``).
         sequence_axis: the axis of ``T``.
 
     Example:
@@ -46,14 +48,18 @@ class RotaryEmbedding(keras.layers.Layer):
                 f"{tuple(inputs.shape)}"
             )
         length = ops.shape(inputs)[sequence_axis]
-        positions = ops.cast(ops.arange(length) + ops.cast(start_index, "int32"), "float32")
+        positions = ops.cast(step_positions(length, start_index), "float32")
         positions = positions / self.scaling_factor
         exponents = ops.arange(0, depth // 2, dtype="float32") * (2.0 / depth)
         inverse_frequencies = ops.power(float(self.max_wavelength), -exponents)
-        angles = ops.einsum("t,f->tf", positions, inverse_frequencies)
-        angles = ops.concatenate([angles, angles], axis=-1)  # [T, D]
-        for _ in range(len(inputs.shape) - 1 - sequence_axis % len(inputs.shape) - 1):
+        angles = ops.expand_dims(positions, -1) * inverse_frequencies
+        angles = ops.concatenate([angles, angles], axis=-1)  # [T, D], or [B, T, D] per row
+        rank, axis = len(inputs.shape), sequence_axis % len(inputs.shape)
+        for _ in range(rank - 1 - axis - 1):
             angles = ops.expand_dims(angles, -2)  # [T, 1, D] for [B, T, H, D] inputs
+        if is_per_row(start_index):
+            for _ in range(axis - 1):
+                angles = ops.expand_dims(angles, 1)  # [B, 1, T, D] for [B, H, T, D] inputs
         cos = ops.cast(ops.cos(angles), inputs.dtype)
         sin = ops.cast(ops.sin(angles), inputs.dtype)
         first, second = ops.split(inputs, 2, axis=-1)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from keras_transformer.layers.positions import step_positions
+
 
 def sinusoidal_encoding(positions, depth: int, max_wavelength: float = 10000.0, dtype="float32"):
-    """``[T, depth]`` encodings: ``PE(p, 2i) = sin(p / w^(2i/d))``, ``PE(p, 2i+1) = cos(...)``."""
+    """``[..., depth]`` encodings of ``positions`` (``[T]`` or ``[B, T]``):
+    ``PE(p, 2i) = sin(p / w^(2i/d))``, ``PE(p, 2i+1) = cos(...)``."""
     positions = ops.cast(positions, "float32")
     pair_index = ops.arange(depth, dtype="int32") // 2
     timescales = ops.power(float(max_wavelength), -ops.cast(2 * pair_index, "float32") / depth)
@@ -25,9 +28,11 @@ class SinusoidalPositionEncoding(keras.layers.Layer):
 
     Call arguments:
         inputs: ``[B, T, D]`` embeddings; only their length and depth are read.
-        start_index: absolute position of the first step (int or scalar tensor).
+        start_index: absolute position of the first step: an int, a scalar tensor, or ``[B]``
+            (one per row, ``layers/positions.py``).
 
-    Returns ``[T, D]`` encodings, to be added to ``inputs`` (they broadcast over the batch).
+    Returns ``[T, D]`` encodings (``[B, T, D]`` for per-row starts), to be added to ``inputs``
+    (they broadcast over the batch).
 
     Example:
     >>> x = keras.ops.zeros((2, 5, 8))
@@ -43,7 +48,7 @@ class SinusoidalPositionEncoding(keras.layers.Layer):
 
     def call(self, inputs, start_index=0):
         length = ops.shape(inputs)[1]
-        positions = ops.arange(length) + ops.cast(start_index, "int32")
+        positions = step_positions(length, start_index)
         return sinusoidal_encoding(
             positions, inputs.shape[-1], self.max_wavelength, dtype=self.compute_dtype
         )
