@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from keras_transformer.layers import scaled_dot_product_attention
+from keras_transformer.layers.scaled_dot_product_attention import attend, attend_memory_step
 
 
 def reference_attention(q, k, v, mask=None):
@@ -130,3 +131,21 @@ def test_bad_mask_shape_names_mask_and_shapes(rng):
     q, k, v = _qkv(rng)
     with pytest.raises(ValueError, match=r"`mask` of shape \(2, 1, 5, 6\)"):
         scaled_dot_product_attention(q, k, v, mask=np.ones((2, 1, 5, 6), bool))
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_a_decoding_step_against_a_memory_is_attend_over_it(kv_heads):
+    # With float activations and one query per key head the step is a product and a sum
+    # (no dynamic matmul operand for XNNPACK to repack); grouped heads keep the matmul.
+    rng = np.random.default_rng(0)
+    query = rng.standard_normal((3, 4, 1, 8)).astype("float32")
+    keys = rng.standard_normal((3, kv_heads, 7, 8)).astype("float32")
+    values = rng.standard_normal((3, kv_heads, 7, 5)).astype("float32")
+    mask = np.ones((3, 1, 1, 7), bool)
+    mask[1, ..., 4:] = False
+    mask[2] = False  # nothing to attend: zeros, not NaN
+    expected, expected_weights = attend(query, keys, values, mask)
+    output, weights = attend_memory_step(query, keys, np.swapaxes(values, -1, -2), mask)
+    np.testing.assert_allclose(np.asarray(output), np.asarray(expected), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(weights), np.asarray(expected_weights), atol=1e-6)
+    assert not np.asarray(output)[2].any()

@@ -14,7 +14,11 @@ from keras_transformer.layers.attention_layout import (
 from keras_transformer.layers.masks import attention_mask_for, merge_masks, slots_before
 from keras_transformer.layers.quantization_points import point_function, quantization_point
 from keras_transformer.layers.rotary_embedding import RotaryEmbedding
-from keras_transformer.layers.scaled_dot_product_attention import attend, attend_step
+from keras_transformer.layers.scaled_dot_product_attention import (
+    attend,
+    attend_memory_step,
+    attend_step,
+)
 from keras_transformer.layers.validation import (
     ArgumentError,
     check_rank,
@@ -362,10 +366,10 @@ class MultiHeadAttention(keras.layers.Layer):
             mask = None
             if key_padding_mask is not None:
                 mask = ops.reshape(ops.cast(key_padding_mask, "bool"), (-1, 1, 1, cache_length))
-            attended, _ = attend(
+            attended, _ = attend_memory_step(
                 to_heads(query, self.num_heads, self.key_dim),
                 key_cache,
-                ops.swapaxes(value_cache, -1, -2),
+                value_cache,
                 mask=mask,
                 quantize=point,
                 bounded=self.bounded_masked_scores,

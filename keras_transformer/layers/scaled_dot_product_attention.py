@@ -181,12 +181,11 @@ def attend_step(
     batch, cache_length = ops.shape(query)[0], ops.shape(key_cache)[2]
     heads, kv_heads, value_depth = query.shape[1], key_cache.shape[1], new_value.shape[-1]
     grouped = _grouped_query(query, kv_heads, scale, point)  # [B, H_kv, G, D]
+    elementwise = _elementwise(grouped, quantize, bounded)
     # Both halves through the scores' quantizer: in an int8 graph they then share its
     # range, and the concatenation is exact instead of a requantization of each.
-    cache_scores = point("scores", ops.matmul(grouped, ops.swapaxes(key_cache, -1, -2)))
-    # A matmul, not a product and a sum: with int8 activations its products accumulate
-    # in int32, where an int8 product tensor would round each one before the sum.
-    own_scores = point("scores", ops.matmul(grouped, ops.swapaxes(new_key, -1, -2)))
+    cache_scores = _scores(grouped, key_cache, elementwise, point)
+    own_scores = _scores(grouped, new_key, elementwise, point)
     scores = ops.concatenate([cache_scores, own_scores], axis=-1)
     scores = point("scores", ops.reshape(scores, (batch, heads, 1, cache_length + 1)))
     visible = ops.broadcast_to(ops.cast(cache_mask, "bool"), (batch, 1, 1, cache_length))
@@ -198,11 +197,68 @@ def attend_step(
     own_weight = grouped_weights[..., cache_length:]
     # Each part through the output's quantizer too: an int8 graph then adds two tensors on
     # the output's range, not two the converter calibrated on its own.
-    cache_part = ops.matmul(cache_weights, ops.swapaxes(value_cache, -1, -2))
+    cache_part = _weighted_values(cache_weights, value_cache, elementwise)
     output = point("attention_output", cache_part)
     output = output + point("attention_output", own_weight * new_value)
     output = ops.reshape(output, (batch, heads, 1, value_depth))
     return point("attention_output", output), weights
+
+
+def attend_memory_step(
+    query, key_cache, value_cache, mask=None, scale=None, quantize=None, bounded=False
+):
+    """One query token against a read-only memory (cross-attention while decoding).
+
+    Args:
+        query: ``[B, H, 1, D]``.
+        key_cache: ``[B, H_kv, S, D]``.
+        value_cache: ``[B, H_kv, D_v, S]``, value-major (as :func:`attend_step`'s).
+        mask: boolean, broadcastable to ``[B, H, 1, S]``: the keys to attend.
+        scale, quantize, bounded: as in :func:`attend`.
+
+    Returns ``(output [B, H, 1, D_v], weights [B, H, 1, S])``, :func:`attend`'s.
+    """
+    point = quantize or _no_point
+    grouped = _grouped_query(query, key_cache.shape[1], scale, point)
+    if not _elementwise(grouped, quantize, bounded):  # the integer graph as it always was
+        value = ops.swapaxes(value_cache, -1, -2)
+        return attend(query, key_cache, value, mask, quantize=quantize, bounded=bounded)
+    batch, memory_length = ops.shape(query)[0], ops.shape(key_cache)[2]
+    heads, value_depth = query.shape[1], value_cache.shape[2]
+    scores = _scores(grouped, key_cache, True, point)
+    weights = _masked_softmax(
+        ops.reshape(scores, (batch, heads, 1, memory_length)), mask, False, point
+    )
+    output = _weighted_values(weights, value_cache, True)
+    return ops.reshape(output, (batch, heads, 1, value_depth)), weights
+
+
+def _elementwise(grouped, quantize, bounded: bool) -> bool:
+    """Whether a decoding step's products with a cache are written as a product and a sum.
+
+    TFLite's BATCH_MATMUL treats a cache as a dynamic right-hand side, which XNNPACK repacks
+    on every call: 26% of an 8-row ``decode_batch_16`` step (perf). With float activations
+    and one query per key head, a product and a sum instead (XNNPACK's vmul and rsum). With
+    integer activations (bounded scores, or quantization points) a matmul: its products
+    accumulate in int32, where an int8 product tensor would round each one before the sum.
+    """
+    return quantize is None and not bounded and grouped.shape[2] == 1
+
+
+def _scores(grouped, keys, elementwise: bool, point):
+    """``[B, H_kv, G, S]``: the grouped query ``[B, H_kv, G, D]`` against ``keys``
+    ``[B, H_kv, S, D]``."""
+    if elementwise:  # G = 1: [B, H, 1, D] * [B, H, S, D] summed over D
+        return ops.expand_dims(ops.sum(grouped * keys, axis=-1), 2)
+    return point("scores", ops.matmul(grouped, ops.swapaxes(keys, -1, -2)))
+
+
+def _weighted_values(weights, value_major, elementwise: bool):
+    """``[B, H_kv, G, D_v]``: ``weights`` ``[B, H_kv, G, S]`` of value-major values
+    ``[B, H_kv, D_v, S]``."""
+    if elementwise:  # G = 1: [B, H, 1, S] * [B, H, D_v, S] summed over S
+        return ops.expand_dims(ops.sum(weights * value_major, axis=-1), 2)
+    return ops.matmul(weights, ops.swapaxes(value_major, -1, -2))
 
 
 def _no_point(name, x):
