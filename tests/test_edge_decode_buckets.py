@@ -23,11 +23,11 @@ from keras_transformer_edge.runtime.bundle import MANIFEST_FILE, MODEL_FILE  # n
 from keras_transformer_edge.runtime.continuous_batch import ContinuousBatchSteps  # noqa: E402
 from keras_transformer_edge.runtime.interpreter import LiteModel  # noqa: E402
 from keras_transformer_edge.runtime.search import beam_search, greedy_rows  # noqa: E402
-from keras_transformer_edge.runtime.signatures import (  # noqa: E402
+from keras_transformer_edge.runtime.signature_checks import (  # noqa: E402
     SignatureMismatch,
     check_signatures,
-    of_signature,
 )
+from keras_transformer_edge.runtime.signatures import of_signature  # noqa: E402
 from keras_transformer_edge.runtime.steps import (  # noqa: E402
     BatchSteps,
     Seq2SeqSteps,

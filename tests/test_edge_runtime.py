@@ -46,11 +46,8 @@ from keras_transformer_edge.runtime.errors import (  # noqa: E402
 from keras_transformer_edge.runtime.generator import Generator  # noqa: E402
 from keras_transformer_edge.runtime.interpreter import LiteModel  # noqa: E402
 from keras_transformer_edge.runtime.model_metadata import bundle_facts  # noqa: E402
-from keras_transformer_edge.runtime.signatures import (  # noqa: E402
-    SIGNATURES,
-    check_signatures,
-    signature_table,
-)
+from keras_transformer_edge.runtime.signature_checks import check_signatures  # noqa: E402
+from keras_transformer_edge.runtime.signatures import SIGNATURES, signature_table  # noqa: E402
 from keras_transformer_edge.runtime.steps import encode_source  # noqa: E402
 from keras_transformer_edge.runtime.translator import Translator  # noqa: E402
 from keras_transformer_pipelines import task_recipes, translation_recipe  # noqa: E402

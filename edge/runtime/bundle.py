@@ -31,7 +31,8 @@ A bundle is a folder::
     checksum          sha256 of this manifest without "checksum" (canonical JSON, see below)
 
 :func:`load_bundle` reads the manifest, checks its schema and checksum, its values against
-each other and the signatures against :mod:`~keras_transformer_edge.runtime.signatures`, then
+each other and the signatures against :mod:`~keras_transformer_edge.runtime.signatures`
+(:mod:`~keras_transformer_edge.runtime.signature_checks`), then
 the size and sha256 of every file, then the tokenizer against the manifest; only then may an
 interpreter be made (the task then checks the interpreter's signatures against the
 manifest's). Each failure is a one-line :class:`BundleError`.
@@ -50,7 +51,7 @@ from keras_transformer_edge.runtime.errors import BundleError
 from keras_transformer_edge.runtime.model_metadata import NAME as METADATA_NAME
 from keras_transformer_edge.runtime.model_metadata import bundle_facts
 from keras_transformer_edge.runtime.sentencepiece_bpe import SentencePieceBPE
-from keras_transformer_edge.runtime.signatures import SignatureMismatch, check_signatures
+from keras_transformer_edge.runtime.signature_checks import SignatureMismatch, check_signatures
 
 FORMAT_NAME, FORMAT_VERSION = "keras-transformer-edge-bundle", 6
 READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
