@@ -29,7 +29,7 @@ import tensorflow as tf
 from keras_transformer.layers.quantization_points import bounded_scores
 from keras_transformer_edge import private_api
 from keras_transformer_edge.runners import lite_model
-from keras_transformer_edge.runtime.signatures import bucket_name, buckets
+from keras_transformer_edge.runtime.signatures import bucket_name, buckets, row_positions
 from keras_transformer_edge.runtime.step_caches import cache_length, resized_step_input
 from keras_transformer_edge.runtime.steps import (
     LanguageModelSteps,
@@ -103,7 +103,7 @@ def seq2seq_samples(float_flatbuffer: bytes, batches: Iterable, limit: int = 64)
                 continue
             # Every row calibrated on a real step: each decode sample repeated per row.
             rows = model.input_spec(signature, "token")[0][0]
-            shared_index = model.input_spec(signature, "index")[0] != (rows,)  # else per row
+            shared_index = not row_positions(model.input_spec(signature, "index")[0], rows)
             samples[signature] = [
                 {
                     name: value

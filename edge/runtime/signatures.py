@@ -231,10 +231,10 @@ def expected_signatures(kind: str, format_version: int) -> dict[str, dict]:
     return expected
 
 
-def row_positions(runner_spec: tuple[int, ...], rows: int) -> bool:
-    """Whether a step whose ``index`` has shape ``runner_spec`` takes a position per row
+def row_positions(index_shape: tuple[int, ...], rows: int) -> bool:
+    """Whether a step whose ``index`` has shape ``index_shape`` takes a position per row
     (``decode_batch`` from format 6) for its ``rows`` rows."""
-    return rows > 1 and tuple(runner_spec) == (rows,)
+    return rows > 1 and tuple(index_shape) == (rows,)
 
 
 def position(index: int, shape: tuple[int, ...] = POSITION_SHAPE) -> np.ndarray:

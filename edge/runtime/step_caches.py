@@ -174,6 +174,7 @@ class CarriedStep:
         )
         if self.bound is not None:
             self._token, self._index = self.bound.inputs["token"], self.bound.inputs["index"]
+        self._row_ids = np.arange(runner.input_spec(signature, "token")[0][0])
         # Format 4: per layer, the keys and values a step's new entries are written into.
         self._targets = (
             []
@@ -204,7 +205,7 @@ class CarriedStep:
         if self._targets:
             entries = outputs[CACHE_ENTRIES]  # [rows, L, 2, H, D]
             # Row r's entries go to index[r]: [rows, H, D] picked by (row, index[row]).
-            rows = np.arange(len(token)) if np.ndim(index) else slice(None)
+            rows = self._row_ids if np.ndim(index) else slice(None)
             for layer, (keys, values) in enumerate(self._targets):
                 keys[rows, :, index] = entries[:, layer, 0]
                 values[rows, :, :, index] = entries[:, layer, 1]
