@@ -38,7 +38,8 @@ top1_agreement with Keras greedy tokens), ``keras``, ``cached_vs_recompute``,
 ``tflite_vs_keras_generation``, ``ctranslate2`` (:func:`versus_ctranslate2`: the same weights in
 CTranslate2, int8 both sides), ``shipping`` (the bundle the main job would ship: with a main-job
 folder that holds a student, ``run --student``, the student's, its BLEU against the teacher's
-Keras greedy) and ``batch_translation`` (:func:`batch_translation`, the shipping bundle's;
+Keras greedy; its tokens/s over the teacher's dynamic int8 bundle's) and
+``batch_translation`` (:func:`batch_translation`, the shipping bundle's;
 ``batch_translation_by_mode`` adds dynamic int8's). ``--run DIR`` takes a
 finished main-job folder (``runs/main``) as well as a training run.
 """
@@ -312,6 +313,10 @@ def main() -> None:
     print(f"ctranslate2: {peer}", flush=True)
     # The main job's student, when it made one, is what it ships.
     shipped = student_shipping(args.run, args, sources, references, keras_bleu) or shipping(modes)
+    if shipped is not None and "tokens_per_s" in modes.get("dynamic_int8", {}):
+        # The issue's yardstick: the (teacher's) dynamic int8 bundle, batch 1, this run.
+        base = modes["dynamic_int8"]["tokens_per_s"]
+        shipped["tokens_per_s_vs_dynamic_int8"] = round(shipped["tokens_per_s"] / base, 2)
     print(f"shipping: {shipped}", flush=True)
     # The shipping bundle's batches, and dynamic int8's beside them: XNNPACK's int4 kernels
     # gain far less from 8 rows than its int8 ones on x86 (12-07: 5.5x against 2.7x a

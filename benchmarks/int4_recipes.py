@@ -27,6 +27,7 @@ from keras_transformer_edge.run_data import first_batch, load_run, parity_report
 
 # The output head: the FULLY_CONNECTED whose output is the step's logits.
 HEAD = "StatefulPartitionedCall"
+ENCODER = post_quantize.ENCODER_OPS
 
 # name -> [(output-name regex, op, bits, granularity, algorithm)]; a later entry wins.
 RECIPES = {
@@ -55,30 +56,13 @@ RECIPES = {
     "feedforward4": [(".*", "*", 8, "CHANNELWISE", "min_max"),
                      ("feedforward", "FULLY_CONNECTED", 4, "BLOCKWISE_32", "min_max")],
     "int8": [(".*", "*", 8, "CHANNELWISE", "min_max")],
+    # For speed: int8 where the encoder multiplies many rows at once (the int4_mixed mode)
+    "encoder8": [(".*", "*", 4, "BLOCKWISE_32", "min_max"),
+                 (ENCODER, "FULLY_CONNECTED", 8, "CHANNELWISE", "min_max")],
+    "encoder8_tensor": [(".*", "*", 4, "BLOCKWISE_32", "min_max"),
+                        (ENCODER, "FULLY_CONNECTED", 8, "TENSORWISE", "min_max")],
+    "encoder_ffn8": post_quantize.RECIPES["int4_mixed"],
 }  # fmt: skip
-
-
-def recipe(entries: list[tuple]):
-    """An ai-edge-quantizer recipe from :data:`RECIPES` entries."""
-    from ai_edge_quantizer import algorithm_manager, qtyping, recipe_manager
-
-    algorithms = {
-        "min_max": algorithm_manager.AlgorithmName.MIN_MAX_UNIFORM_QUANT,
-        "octav": algorithm_manager.AlgorithmName.OCTAV,
-        "gptq": algorithm_manager.AlgorithmName.GPTQ,
-        "mse": algorithm_manager.AlgorithmName.MSE,
-        "decomposed_hadamard": algorithm_manager.AlgorithmName.DECOMPOSED_HADAMARD_ROTATION,
-    }
-    manager = recipe_manager.RecipeManager()
-    for regex, op, bits, granularity, algorithm in entries:
-        manager.add_dynamic_config(
-            regex,
-            qtyping.TFLOperationName.ALL_SUPPORTED if op == "*" else qtyping.TFLOperationName[op],
-            bits,
-            qtyping.QuantGranularity[granularity],
-            algorithms[algorithm],
-        )
-    return manager.get_quantization_recipe()
 
 
 def main() -> None:
@@ -106,7 +90,7 @@ def main() -> None:
     for name in names:
         try:
             flatbuffer = post_quantize.quantize_recipe(
-                float_flatbuffer, recipe(RECIPES[name]), samples
+                float_flatbuffer, post_quantize.dynamic_recipe(RECIPES[name]), samples
             )
         except Exception as error:  # the quantizer's refusals are results here
             results[name] = {"error": str(error).splitlines()[0][:300]}

@@ -9,7 +9,9 @@ from keras_transformer.errors import ProjectError
 from keras_transformer_edge.modes import MAIN_JOB_MODES  # dataclasses only
 
 STAGES = ("corpus", "train", "student", "evaluate", "quantize", "device", "report")
-STUDENT_SHAPE = "6,1"  # encoder, decoder layers: the decoder runs at every step, the encoder once
+# ``--student`` alone: the teacher's encoder layers and one decoder layer (a decode step runs
+# the decoder alone, the encoder runs once a sentence), started from the teacher's weights.
+STUDENT_SHAPE = ""
 DEFAULT_MODES = ",".join(MAIN_JOB_MODES)
 
 
@@ -45,8 +47,8 @@ def parser(prog: str | None, description: str) -> argparse.ArgumentParser:
         nargs="?",
         const=STUDENT_SHAPE,
         metavar="ENCODER,DECODER",
-        help=f"ship a student distilled from the trained model, with these layer counts "
-        f"(default {STUDENT_SHAPE})",
+        help="ship a student distilled from the trained model and started from its weights, "
+        "with these layer counts (default: the teacher's encoder layers, 1 decoder layer)",
     )
     options.add_argument(
         "--student-minutes",

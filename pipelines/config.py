@@ -149,6 +149,9 @@ class DistillationConfig:
     teacher: str | None = None  # the teacher run's output_dir; its tokenizer is reused
     temperature: float = 2.0
     alpha: float = 0.5  # weight of the hard-label loss; 1 - alpha on the teacher's outputs
+    # "teacher": the student starts as a copy of its teacher's embeddings and of some of its
+    # layers (same width needed; distillation.start_from_teacher); "random": fresh weights
+    initialize: str = "random"
 
 
 @dataclass
@@ -176,6 +179,7 @@ _CHOICES = {
     ("model", "position_encoding"): ("learned", "sinusoidal", "rotary", "none"),
     ("model", "pooling"): ("mean", "max", "first"),
     ("decoding", "sampler"): ("greedy", "top_k"),
+    ("distillation", "initialize"): ("random", "teacher"),
 }
 # Classification and tagging never generate text, so WordPiece serves unless a recipe says.
 _DEFAULT_TOKENIZER = {"classification": "wordpiece", "tagging": "wordpiece"}

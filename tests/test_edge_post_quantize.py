@@ -27,6 +27,7 @@ from keras_transformer_edge.runtime.steps import Seq2SeqSteps  # noqa: E402
 from keras_transformer_edge.runtime.translator import Translator  # noqa: E402
 
 INT4 = schema.TensorType.INT4
+INT8 = schema.TensorType.INT8
 FLOAT32 = schema.TensorType.FLOAT32
 
 
@@ -83,16 +84,20 @@ def test_embeddings_export_as_lookups_with_the_same_outputs(model):
         )
 
 
-@pytest.mark.parametrize("mode", ["int4", "int4_blockwise"])
-def test_int4_modes_store_every_matmul_and_embedding_weight_in_int4(model, mode):
+@pytest.mark.parametrize("mode, int8", [("int4", 0), ("int4_blockwise", 0), ("int4_mixed", 2)])
+def test_int4_modes_store_every_matmul_and_embedding_weight_in_int4(model, mode, int8):
     endpoints = seq2seq_endpoints(model, encode_lengths=(8,), batch_rows=2)
     float_model = convert(model, endpoints, "fp32")
     quantized = convert(model, endpoints, mode)
     weights = _weights(quantized)
     kinds = collections.Counter(dtype for dtype, _, _ in weights.values())
     # 2 embeddings + 2+5 attention kernels + 4 feed-forward kernels; the tied output head
-    # reads the target table: one int4 tensor for both ops.
-    assert kinds[INT4] == 2 + 7 + 4, weights
+    # reads the target table: one int4 tensor for both ops. int4_mixed keeps the encoder's
+    # two feed-forward kernels in int8 (the decoder's, of the same shapes, stay int4).
+    assert kinds[INT4] == 2 + 7 + 4 - int8 and kinds[INT8] == int8, weights
+    feed_forward = {(128, 64), (64, 128)}
+    int8_weights = [(shape, ops) for dtype, shape, ops in weights.values() if dtype == INT8]
+    assert all(shape in feed_forward and ops == {"FULLY_CONNECTED"} for shape, ops in int8_weights)
     assert kinds[FLOAT32] <= 1  # at most the position table, which no matmul reads
     shared = [ops for dtype, shape, ops in weights.values() if shape == (300, 64)]
     assert {"EMBEDDING_LOOKUP", "FULLY_CONNECTED"} in shared

@@ -193,6 +193,11 @@ def _user_defined(model) -> None:
         model.pieces.add(piece=symbol, score=0.0, type=model.SentencePiece.USER_DEFINED)
 
 
+def _spanning(model) -> None:  # merges across a space: no word-by-word shortcut then
+    for symbol in ["e▁", "e▁t", "s▁"]:
+        model.pieces.add(piece=symbol, score=0.0, type=model.SentencePiece.NORMAL)
+
+
 def _no_byte_fallback(model) -> None:
     kept = [piece for piece in model.pieces if piece.type != piece.BYTE]
     del model.pieces[:]
@@ -218,10 +223,20 @@ def _spec(**flags) -> Callable:
         _spec(add_dummy_prefix=False, remove_extra_whitespaces=False),
         _spec(escape_whitespaces=False),
         _user_defined,
+        _spanning,
         _no_byte_fallback,
         _unused,
     ],
-    ids=["no-prefix", "keep-spaces", "neither", "raw-spaces", "user-defined", "no-bytes", "unused"],
+    ids=[
+        "no-prefix",
+        "keep-spaces",
+        "neither",
+        "raw-spaces",
+        "user-defined",
+        "spanning",
+        "no-bytes",
+        "unused",
+    ],  # fmt: skip
 )
 def test_other_normalizer_options_and_piece_types_match_the_library(variant_base, edit):
     proto = _edited(variant_base, edit)
@@ -229,6 +244,7 @@ def test_other_normalizer_options_and_piece_types_match_the_library(variant_base
     for text in HARD_CASES + VARIANT_TEXTS[:60] + VARIANT_TEXTS[-2:] + UNSEEN:
         ids = library.encode(text)
         assert ours.encode(text) == ids, text
+        assert ours.encode(text) == ids, text  # again: from the words it remembers
         assert ours.decode(ids) == library.decode(ids), text
 
 

@@ -7,8 +7,14 @@ import numpy as np
 import pytest
 
 import keras_transformer_pipelines.distillation as distillation_module
+from keras_transformer.errors import InputProblem
 from keras_transformer.models import Seq2SeqTransformer, SequenceClassifier
-from keras_transformer_pipelines.distillation import Distiller, distillation_kl
+from keras_transformer_pipelines.distillation import (
+    Distiller,
+    distillation_kl,
+    start_from_teacher,
+    teacher_layers_for,
+)
 from keras_transformer_pipelines.objectives import MaskedSparseCrossentropy
 from keras_transformer_pipelines.synthetic import reversal_data
 
@@ -233,3 +239,70 @@ def test_docstring_example_runs():
     ):
         runner.run(test)
     assert runner.summarize(verbose=False).failed == 0
+
+
+@pytest.mark.parametrize(
+    "teacher_count, student_count, expected",
+    [
+        (3, 1, [2]),
+        (1, 1, [0]),
+        (3, 2, [0, 2]),
+        (3, 3, [0, 1, 2]),
+        (6, 3, [0, 2, 5]),
+        (3, 6, [0, 0, 1, 1, 2, 2]),
+    ],
+)
+def test_teacher_layers_for_spreads_and_repeats(teacher_count, student_count, expected):
+    assert teacher_layers_for(teacher_count, student_count) == expected
+
+
+def test_teacher_layers_for_refuses_empty_stacks():
+    with pytest.raises(InputProblem, match="layer counts must be >= 1"):
+        teacher_layers_for(0, 1)
+
+
+def _seq2seq(encoder_layers, decoder_layers, hidden_dim=32, seed=0):
+    keras.utils.set_random_seed(seed)
+    model = Seq2SeqTransformer(
+        20, 20, 12, 13, num_encoder_layers=encoder_layers, num_decoder_layers=decoder_layers,
+        hidden_dim=hidden_dim, intermediate_dim=2 * hidden_dim, num_heads=2, dropout=0.0,
+    )  # fmt: skip
+    model.ensure_built()
+    return model
+
+
+def test_student_started_from_teacher_copies_its_encoder_and_chosen_layers():
+    teacher, student = _seq2seq(2, 3, seed=0), _seq2seq(2, 1, seed=1)
+    tokens = reversal_data(8, seed=2)
+    start_from_teacher(student, teacher)
+    # The same encoder, to the last bit: the student's memory is its teacher's.
+    for got, expected in zip(
+        student.encode(tokens["encoder_token_ids"]), teacher.encode(tokens["encoder_token_ids"])
+    ):
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(expected)
+        )
+    # Its one decoder layer is the teacher's last; the output head and norms are copied.
+    for got, expected in zip(student.decoder.layers[0].weights, teacher.decoder.layers[2].weights):
+        np.testing.assert_array_equal(got.numpy(), expected.numpy())
+    for name in ("output_head", "decoder_embedding"):
+        for got, expected in zip(getattr(student, name).weights, getattr(teacher, name).weights):
+            np.testing.assert_array_equal(got.numpy(), expected.numpy())
+
+    # A student of the teacher's depth becomes its copy: the same logits.
+    twin = _seq2seq(2, 3, seed=3)
+    inputs = {key: tokens[key] for key in SEQ2SEQ_KEYS}
+    assert not np.allclose(twin.predict(inputs, verbose=0), teacher.predict(inputs, verbose=0))
+    start_from_teacher(twin, teacher)
+    np.testing.assert_array_equal(
+        twin.predict(inputs, verbose=0), teacher.predict(inputs, verbose=0)
+    )
+
+
+def test_student_of_another_width_is_refused_a_teacher_start():
+    teacher, student = _seq2seq(1, 1, hidden_dim=32), _seq2seq(1, 1, hidden_dim=16)
+    with pytest.raises(InputProblem, match="initialize: random"):
+        start_from_teacher(student, teacher)
+    classifier = SequenceClassifier(50, 8, 3, hidden_dim=16, intermediate_dim=32, num_heads=2)
+    with pytest.raises(InputProblem, match="needs seq2seq models"):
+        start_from_teacher(classifier, teacher)
