@@ -12,6 +12,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import int4_recipes  # noqa: E402
 
 pytest.importorskip("ai_edge_quantizer")
+from keras_transformer_edge import post_quantize  # noqa: E402
 
 
 def _bits(entries, op: str, output_name: str):
@@ -19,14 +20,14 @@ def _bits(entries, op: str, output_name: str):
     from ai_edge_quantizer import qtyping, recipe_manager
 
     manager = recipe_manager.RecipeManager()
-    manager.load_quantization_recipe(int4_recipes.recipe(entries))
+    manager.load_quantization_recipe(post_quantize.dynamic_recipe(entries))
     algorithm, config = manager.get_quantization_configs(qtyping.TFLOperationName[op], output_name)
     return str(algorithm), config.weight_tensor_config.num_bits
 
 
 @pytest.mark.parametrize("name", sorted(int4_recipes.RECIPES))
 def test_each_recipe_builds(name):
-    assert int4_recipes.recipe(int4_recipes.RECIPES[name])
+    assert post_quantize.dynamic_recipe(int4_recipes.RECIPES[name])
 
 
 def test_mixed_recipe_gives_the_head_and_lookups_int8_and_the_layers_int4():
@@ -41,3 +42,20 @@ def test_gptq_is_asked_for_the_matmuls_only():
     entries = int4_recipes.RECIPES["b32_gptq"]
     assert "GPTQ" in _bits(entries, "FULLY_CONNECTED", "encoder_1/layer_0_1/x")[0]
     assert "GPTQ" not in _bits(entries, "EMBEDDING_LOOKUP", "tfl.embedding_lookup")[0]
+
+
+def test_int4_mixed_gives_the_encoders_feed_forward_int8_and_the_rest_int4():
+    # Output names as the converter writes them for the en-fr student (encode_16, decode_16).
+    entries = post_quantize.RECIPES["int4_mixed"]
+    encoder = "encoder_1/layer_0_1/"
+    int8 = [f"{encoder}feedforward_1/Tensordot;{encoder}feedforward_1/Relu;add1",
+            f"{encoder}feedforward_1/Tensordot_1;{encoder}feedforward_1/add_11"]  # fmt: skip
+    int4 = [
+        f"{encoder}self_attention_1/Tensordot;{encoder}self_attention_1/add1",
+        "feedforward_1/Tensordot;feedforward_1/Relu;feedforward_1/add1",  # the decoder's
+        "Tensordot;add1",  # a decode step's self-attention
+        "StatefulPartitionedCall_1:1",  # the output head
+    ]
+    assert [_bits(entries, "FULLY_CONNECTED", name)[1] for name in int8] == [8, 8]
+    assert [_bits(entries, "FULLY_CONNECTED", name)[1] for name in int4] == [4, 4, 4, 4]
+    assert _bits(entries, "EMBEDDING_LOOKUP", "tfl.embedding_lookup1")[1] == 4
